@@ -1,0 +1,1 @@
+"""chunkbackup: chunked volume backup drivers in OpenStack Cinder's format."""

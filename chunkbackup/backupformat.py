@@ -1,0 +1,236 @@
+"""Reading and writing the ``_metadata`` and ``_sha256file`` documents.
+
+The format is Cinder's chunked-backup format 1.0.0 (shared FORMAT.md). What
+we read is checked before anything trusts it: a document from a store is
+input, and a wrong type, a missing key or an impossible offset must end in
+a clear error naming the backup and the object, never in a crash, a huge
+allocation or a wrong volume.
+"""
+import dataclasses
+import hashlib
+import json
+import re
+from typing import List, Optional
+
+from chunkbackup import compression
+from chunkbackup import exception
+
+VERSION = '1.0.0'
+DIGEST_SIZE = 32
+# Larger objects than this are refused as corrupt metadata: Cinder's largest
+# default object (posix, 1999994880 bytes) is below it.
+MAX_OBJECT_LENGTH = 4 * 2 ** 30
+# A volume larger than this (1 PiB) is refused as corrupt metadata.
+MAX_VOLUME_SIZE = 2 ** 50
+_MD5_RE = re.compile(r'^[0-9a-f]{32}$')
+_SHA_RE = re.compile(r'^[0-9a-fA-F]{64}$')
+
+
+def metadata_name(prefix: str) -> str:
+    return prefix + '_metadata'
+
+
+def sha256file_name(prefix: str) -> str:
+    return prefix + '_sha256file'
+
+
+def data_object_name(prefix: str, number: int) -> str:
+    return '%s-%05d' % (prefix, number)
+
+
+def dumps(document: dict) -> bytes:
+    """Cinder's serialisation: sorted keys, indent 2, UTF-8."""
+    return json.dumps(document, sort_keys=True, indent=2).encode('utf-8')
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectEntry:
+    """One data object as ``_metadata`` describes it."""
+
+    name: str
+    offset: int
+    length: int
+    compression: str
+    md5: str
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def to_json(self) -> dict:
+        return {self.name: {'offset': self.offset, 'length': self.length,
+                            'compression': self.compression,
+                            'md5': self.md5}}
+
+
+@dataclasses.dataclass
+class Metadata:
+    backup_id: str
+    volume_id: str
+    parent_id: Optional[str]
+    objects: List[ObjectEntry]
+    volume_meta: Optional[str] = None
+    backup_name: Optional[str] = None
+    backup_description: Optional[str] = None
+    created_at: Optional[str] = None
+    extra_metadata: object = None
+
+    def to_json(self) -> dict:
+        doc = {
+            'version': VERSION,
+            'backup_id': self.backup_id,
+            'volume_id': self.volume_id,
+            'backup_name': self.backup_name,
+            'backup_description': self.backup_description,
+            'created_at': self.created_at,
+            'parent_id': self.parent_id,
+            'objects': [o.to_json() for o in self.objects],
+            'volume_meta': self.volume_meta,
+        }
+        if self.extra_metadata:
+            doc['extra_metadata'] = self.extra_metadata
+        return doc
+
+
+@dataclasses.dataclass
+class ShaFile:
+    """The block size and the raw SHA-256 digests of every volume block.
+
+    Digests are kept as one bytes object (32 bytes a block) rather than a
+    list of hex strings: a quarter of the memory, and slices compare fast.
+    """
+
+    chunk_size: int
+    digests: bytes
+
+    @property
+    def block_count(self) -> int:
+        return len(self.digests) // DIGEST_SIZE
+
+    def digest(self, index: int) -> bytes:
+        return self.digests[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE]
+
+    def to_json(self, common: dict) -> dict:
+        doc = dict(common)
+        doc['version'] = VERSION
+        doc['chunk_size'] = self.chunk_size
+        doc['sha256s'] = [self.digests[i:i + DIGEST_SIZE].hex()
+                          for i in range(0, len(self.digests), DIGEST_SIZE)]
+        return doc
+
+
+def zero_digest(length: int) -> bytes:
+    return hashlib.sha256(bytes(length)).digest()
+
+
+class _Checker:
+    """Builds InvalidBackupMetadata errors for one document."""
+
+    def __init__(self, backup_id, object_name):
+        self.backup_id = backup_id
+        self.object_name = object_name
+
+    def fail(self, reason):
+        return exception.InvalidBackupMetadata(
+            backup_id=self.backup_id, object=self.object_name, reason=reason)
+
+    def load(self, body) -> dict:
+        try:
+            doc = json.loads(bytes(body).decode('utf-8'))
+        except UnicodeDecodeError:
+            raise self.fail('it is not UTF-8 text')
+        except ValueError as e:
+            raise self.fail('it is not JSON (%s)' % e)
+        if not isinstance(doc, dict):
+            raise self.fail('it is not a JSON object')
+        version = doc.get('version')
+        if version != VERSION:
+            raise exception.UnsupportedBackupVersion(
+                backup_id=self.backup_id, version=version,
+                supported=VERSION)
+        return doc
+
+    def key(self, doc, key, types, nullable=False):
+        if key not in doc:
+            raise self.fail('the key %r is missing' % key)
+        value = doc[key]
+        if value is None and nullable:
+            return None
+        # bool is an int in Python; it is never a valid number here.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise self.fail('%r has the wrong type (%s)'
+                            % (key, type(value).__name__))
+        return value
+
+    def optional(self, doc, key, types):
+        if key not in doc:
+            return None
+        return self.key(doc, key, types, nullable=True)
+
+
+def parse_metadata(body, backup_id: str, object_name: str) -> Metadata:
+    """Parse and check a ``_metadata`` document (raises InvalidBackup)."""
+    check = _Checker(backup_id, object_name)
+    doc = check.load(body)
+    stored_id = check.key(doc, 'backup_id', str)
+    if stored_id != backup_id:
+        raise check.fail('it belongs to backup %s' % stored_id)
+    objects = []
+    seen = set()
+    raw_objects = check.key(doc, 'objects', list)
+    for item in raw_objects:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise check.fail('an entry of "objects" is not a one-key object')
+        name, info = next(iter(item.items()))
+        if name in seen:
+            raise check.fail('object %s is listed twice' % name)
+        seen.add(name)
+        if not isinstance(info, dict):
+            raise check.fail('the entry of %s is not an object' % name)
+        where = 'object %s: ' % name
+        offset = info.get('offset')
+        length = info.get('length')
+        for key, value in (('offset', offset), ('length', length)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise check.fail(where + '%s is not an integer' % key)
+        if offset < 0 or offset > MAX_VOLUME_SIZE:
+            raise check.fail(where + 'offset %d is out of range' % offset)
+        if length <= 0 or length > MAX_OBJECT_LENGTH:
+            raise check.fail(where + 'length %d is out of range' % length)
+        label = info.get('compression')
+        label = 'none' if label is None else label
+        if not isinstance(label, str) or (
+                label.lower() not in compression.READABLE_LABELS and
+                label.lower() not in compression.NONE_LABELS):
+            raise check.fail(where + 'compression %r is not one this '
+                             'version reads' % (label,))
+        md5 = info.get('md5')
+        if not isinstance(md5, str) or not _MD5_RE.match(md5):
+            raise check.fail(where + 'md5 %r is not a hex MD5' % (md5,))
+        objects.append(ObjectEntry(name, offset, length, label.lower(), md5))
+    parent_id = check.key(doc, 'parent_id', str, nullable=True)
+    volume_meta = check.optional(doc, 'volume_meta', str)
+    return Metadata(
+        backup_id=stored_id,
+        volume_id=check.key(doc, 'volume_id', str),
+        parent_id=parent_id,
+        objects=objects,
+        volume_meta=volume_meta,
+        backup_name=check.optional(doc, 'backup_name', str),
+        backup_description=check.optional(doc, 'backup_description', str),
+        created_at=check.optional(doc, 'created_at', str),
+        extra_metadata=doc.get('extra_metadata'))
+
+
+def parse_sha256file(body, backup_id: str, object_name: str) -> ShaFile:
+    """Parse and check a ``_sha256file`` document (raises InvalidBackup)."""
+    check = _Checker(backup_id, object_name)
+    doc = check.load(body)
+    chunk_size = check.key(doc, 'chunk_size', int)
+    if chunk_size <= 0 or chunk_size > MAX_OBJECT_LENGTH:
+        raise check.fail('chunk_size %d is out of range' % chunk_size)
+    hexes = check.key(doc, 'sha256s', list)
+    for value in hexes:
+        if not isinstance(value, str) or not _SHA_RE.match(value):
+            raise check.fail('%r is not a hex SHA-256' % (value,))
+    return ShaFile(chunk_size, bytes.fromhex(''.join(hexes)))

@@ -1,0 +1,1 @@
+"""Storage drivers: each names things and moves object bytes, nothing more."""

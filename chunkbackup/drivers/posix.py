@@ -1,0 +1,215 @@
+"""Backups in a local (or mounted) directory, in Cinder's posix layout.
+
+Each backup's container is a directory below ``[backup_posix] path``
+(``<id[0:2]>/<id[2:4]>/<id>`` unless the backup names one) and each object a
+file in it. An object is written under a temporary name that does not start
+with the backup's prefix, fsync'd, and renamed into place, so a listing
+never shows a partial object. Modes follow Cinder's: 0770 directories,
+0660 files. No path resolves outside the backup root.
+"""
+import os
+import tempfile
+import time
+from typing import List
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from chunkbackup import chunked
+from chunkbackup import exception
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+GROUP = 'backup_posix'
+DIR_MODE = 0o770
+FILE_MODE = 0o660
+TMP_PREFIX = '.tmp-'
+
+posix_opts = [
+    cfg.StrOpt('path',
+               help='Directory that holds the backups (the backup root). '
+                    'Unset means $XDG_DATA_HOME/chunkbackup/backups, i.e. '
+                    '~/.local/share/chunkbackup/backups.'),
+    cfg.IntOpt('object_size',
+               default=32 * 1024 * 1024,
+               min=1,
+               help='Largest data object in bytes; a multiple of '
+                    '[chunkbackup] sha_block_size. Memory use grows with '
+                    'it (see objects_in_flight).'),
+]
+
+CONF.register_opts(posix_opts, group=GROUP)
+
+
+def default_backup_root() -> str:
+    data_home = os.environ.get('XDG_DATA_HOME') or os.path.join(
+        os.path.expanduser('~'), '.local', 'share')
+    return os.path.join(data_home, 'chunkbackup', 'backups')
+
+
+def _check_relative(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise exception.InvalidName(kind=kind, name=name,
+                                    reason='it is empty')
+    if '\0' in name or '\n' in name or '\r' in name:
+        raise exception.InvalidName(kind=kind, name=name,
+                                    reason='it contains NUL or a newline')
+    if os.path.isabs(name) or name.startswith('\\'):
+        raise exception.InvalidName(kind=kind, name=name,
+                                    reason='it is an absolute path')
+    if '..' in name.replace('\\', '/').split('/'):
+        raise exception.InvalidName(kind=kind, name=name,
+                                    reason="it has a '..' component")
+    if len(name) > 1024:
+        raise exception.InvalidName(kind=kind, name=name,
+                                    reason='it is longer than 1024 bytes')
+
+
+class _ObjectWriter:
+    """Writes to a temporary file; fsync and rename on a clean exit."""
+
+    def __init__(self, path: str):
+        self.path = path
+        directory, name = os.path.split(path)
+        self.fd, self.tmp = tempfile.mkstemp(
+            prefix=TMP_PREFIX + name[:64] + '.', dir=directory)
+
+    def __enter__(self):
+        return self
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                os.fchmod(self.fd, FILE_MODE)
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+            else:
+                os.unlink(self.tmp)
+
+
+class _ObjectReader:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def read(self) -> bytes:
+        with open(self.path, 'rb') as f:
+            return f.read()
+
+    def __exit__(self, exc_type, exc, tb):
+        return False
+
+
+class PosixBackupDriver(chunked.ChunkedBackupDriver):
+    """Cinder-compatible posix driver: a directory tree of object files."""
+
+    def __init__(self, context, db=None, backup_path: str = None):
+        conf = CONF[GROUP]
+        super().__init__(context, object_size=conf.object_size,
+                         object_size_option='[%s] object_size' % GROUP,
+                         db=db)
+        path = backup_path or conf.path or default_backup_root()
+        self.backup_root = os.path.realpath(os.path.expanduser(path))
+
+    # Paths --------------------------------------------------------------
+
+    def _container_path(self, container: str) -> str:
+        _check_relative('container', container)
+        path = os.path.realpath(os.path.join(self.backup_root, container))
+        if os.path.commonpath([path, self.backup_root]) != self.backup_root \
+                or path == self.backup_root:
+            raise exception.InvalidName(
+                kind='container', name=container,
+                reason='it resolves outside the backup root %s'
+                       % self.backup_root)
+        return path
+
+    def _object_path(self, container: str, object_name: str) -> str:
+        _check_relative('object name', object_name)
+        if '/' in object_name or '\\' in object_name:
+            raise exception.InvalidName(kind='object name', name=object_name,
+                                        reason='it contains a slash')
+        return os.path.join(self._container_path(container), object_name)
+
+    # Hooks --------------------------------------------------------------
+
+    def check_for_setup_error(self) -> None:
+        try:
+            os.makedirs(self.backup_root, mode=DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise exception.InvalidConfiguration(
+                reason='[backup_posix] path %s cannot be created: %s'
+                       % (self.backup_root, e.strerror))
+        if not os.access(self.backup_root, os.W_OK | os.X_OK):
+            raise exception.InvalidConfiguration(
+                reason='[backup_posix] path %s is not writable by this user'
+                       % self.backup_root)
+
+    def update_container_name(self, backup, container):
+        if container:
+            self._container_path(container)
+            return container
+        backup_id = chunked.check_safe_id('backup id', backup.id)
+        return os.path.join(backup_id[0:2], backup_id[2:4], backup_id)
+
+    def put_container(self, container: str) -> None:
+        path = self._container_path(container)
+        # Create level by level so every new directory gets DIR_MODE
+        # whatever the umask.
+        missing = []
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(directory, DIR_MODE)
+
+    def get_container_entries(self, container: str,
+                              prefix: str) -> List[str]:
+        try:
+            names = os.listdir(self._container_path(container))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.startswith(prefix))
+
+    def get_object_writer(self, container, object_name, extra_metadata=None):
+        return _ObjectWriter(self._object_path(container, object_name))
+
+    def get_object_reader(self, container, object_name, extra_metadata=None):
+        return _ObjectReader(self._object_path(container, object_name))
+
+    def delete_object(self, container: str, object_name: str) -> None:
+        os.unlink(self._object_path(container, object_name))
+
+    def flush_container(self, container: str) -> None:
+        # The renames of this backup's objects become durable here, once,
+        # instead of once per object.
+        fd = os.open(self._container_path(container), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _generate_object_name_prefix(self, backup) -> str:
+        timestamp = time.strftime('%Y%m%d%H%M%S', time.gmtime())
+        return 'volume_%s_%s_backup_%s' % (
+            chunked.check_safe_id('volume id', backup.volume_id), timestamp,
+            chunked.check_safe_id('backup id', backup.id))
+
+    def get_extra_metadata(self, backup, volume):
+        return None

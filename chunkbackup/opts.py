@@ -1,0 +1,105 @@
+"""Every option chunkbackup registers, for oslo-config-generator.
+
+Options live in groups of our own (``[chunkbackup]``, ``[backup_posix]`` ...)
+so the drivers load inside a cinder-backup process without clashing with
+Cinder's ``[DEFAULT] backup_*`` options.
+"""
+import itertools
+
+from oslo_config import cfg
+
+CONF = cfg.CONF
+
+ENGINE_GROUP = 'chunkbackup'
+
+COMPRESSION_CHOICES = [
+    ('zstd', 'Zstandard: fast, and what chunkbackup recommends.'),
+    ('zlib', 'One zlib stream (Cinder reads it as zlib or gzip).'),
+    ('gzip', 'Same bodies as zlib, labelled gzip as Cinder does.'),
+    ('bz2', 'bzip2: small and slow.'),
+    ('bzip2', 'Same as bz2, labelled bzip2.'),
+    ('none', 'Store data uncompressed.'),
+    ('off', 'Same as none.'),
+    ('no', 'Same as none.'),
+]
+
+engine_opts = [
+    cfg.StrOpt('compression_algorithm',
+               default='zstd',
+               ignore_case=True,
+               choices=COMPRESSION_CHOICES,
+               help='How data objects are compressed. Each object whose '
+                    'compressed form is not smaller than the data is stored '
+                    'uncompressed and labelled "none", as Cinder does.'),
+    cfg.IntOpt('compression_level',
+               default=None,
+               help='Codec level. Unset means a level chosen for backup '
+                    'throughput: 1 for zlib and zstd, 9 for bz2. Higher '
+                    'levels save space and cost CPU time.'),
+    cfg.IntOpt('sha_block_size',
+               default=32768,
+               min=512,
+               help='Size in bytes of the blocks whose SHA-256 is recorded '
+                    'in the _sha256file and compared by incremental backups. '
+                    'Object sizes must be multiples of it. An incremental '
+                    'backup needs the same value as its parent.'),
+    cfg.IntOpt('objects_in_flight',
+               default=4,
+               min=1,
+               help='How many objects may be between reading and storage at '
+                    'once (and between fetching and writing on restore). '
+                    'Peak memory is about objects_in_flight x 2 x the '
+                    'driver object size, whatever the volume size.'),
+    cfg.IntOpt('cpu_workers',
+               default=0,
+               min=0,
+               help='Native threads for hashing and compression. 0 means '
+                    'one per CPU.'),
+    cfg.IntOpt('incremental_merge_gap',
+               default=0,
+               min=0,
+               help='An incremental backup stores two runs of changed '
+                    'blocks as one object when at most this many unchanged '
+                    'bytes lie between them. Fewer, larger objects back up '
+                    'and restore faster; the unchanged bytes cost space. '
+                    '0 stores only changed blocks, as Cinder does.'),
+    cfg.BoolOpt('restore_check_md5',
+                default=False,
+                help='Also check the MD5 of every fetched object during a '
+                     'restore. The SHA-256 of every written block is always '
+                     'checked against the backup, which already covers all '
+                     'restored data; verify always checks both.'),
+    cfg.IntOpt('storage_retries',
+               default=5,
+               min=0,
+               help='How many times a transient storage failure (timeout, '
+                    'reset connection, 5xx, 429) is retried before the '
+                    'operation fails.'),
+    cfg.FloatOpt('storage_retry_backoff',
+                 default=0.5,
+                 min=0.0,
+                 help='First retry delay in seconds; each retry doubles it, '
+                      'with random jitter, up to storage_retry_max_delay.'),
+    cfg.FloatOpt('storage_retry_max_delay',
+                 default=20.0,
+                 min=0.0,
+                 help='Upper bound in seconds of one retry delay.'),
+    cfg.FloatOpt('cancel_check_interval',
+                 default=1.0,
+                 min=0.0,
+                 help='Seconds between checks of whether a running backup or '
+                      'restore was cancelled (through the backup record).'),
+]
+
+CONF.register_opts(engine_opts, group=ENGINE_GROUP)
+
+
+def list_opts():
+    """Return the options of every group, for oslo-config-generator."""
+    # Imported here so that listing options does not need every driver's
+    # client library at import time of this module.
+    from chunkbackup.drivers import posix
+
+    groups = {ENGINE_GROUP: engine_opts, posix.GROUP: posix.posix_opts}
+    return [(group, list(itertools.chain(opts)))
+            for group, opts in groups.items()]

@@ -1,0 +1,83 @@
+"""Bounded stages for the engine: at most N things in flight, always.
+
+Memory is bounded by configuration (objects in flight x object size), never
+by the size of the volume: a stage takes its next input only when a result
+has left it.
+"""
+import collections
+import concurrent.futures
+from typing import Callable, Iterable, Iterator, Tuple
+
+
+def ordered(submit: Callable, fn: Callable, items: Iterable[Tuple],
+            window: int) -> Iterator:
+    """Yield ``fn(*item)`` for each item, in order, ``window`` at a time.
+
+    The next item is drawn from ``items`` (a generator may read a volume)
+    only when fewer than ``window`` results are pending.
+    """
+    pending = collections.deque()
+    try:
+        for item in items:
+            while len(pending) >= window:
+                yield pending.popleft().result()
+            pending.append(submit(fn, *item))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def unordered(submit: Callable, fn: Callable, items: Iterable[Tuple],
+              window: int) -> Iterator:
+    """Yield ``fn(*item)`` results as they complete, ``window`` at a time."""
+    items = iter(items)
+    pending = set()
+    try:
+        for item in items:
+            pending.add(submit(fn, *item))
+            if len(pending) >= window:
+                done, pending = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class Window:
+    """Futures whose results nobody needs, but whose failures matter.
+
+    ``add`` blocks while more than ``size`` are running, and raises the
+    error of any that failed; ``drain`` waits for all of them.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.pending = set()
+
+    def _collect(self, return_when):
+        done, self.pending = concurrent.futures.wait(
+            self.pending, return_when=return_when)
+        for future in done:
+            future.result()
+
+    def add(self, future: concurrent.futures.Future) -> None:
+        self.pending.add(future)
+        while len(self.pending) > self.size:
+            self._collect(concurrent.futures.FIRST_COMPLETED)
+
+    def drain(self) -> None:
+        while self.pending:
+            self._collect(concurrent.futures.FIRST_EXCEPTION)
+
+    def cancel(self) -> None:
+        for future in self.pending:
+            future.cancel()
