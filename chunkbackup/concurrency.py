@@ -9,16 +9,18 @@ thread pools.
 """
 import concurrent.futures
 import os
+import sys
 import threading
 from typing import Callable
 
 
 def eventlet_patched() -> bool:
     """True when eventlet has monkey-patched threading in this process."""
-    try:
-        from eventlet import patcher
-    except ImportError:  # pragma: no cover - eventlet is a dependency
+    # A patched process has imported eventlet already; importing it here
+    # otherwise would only cost time and print its deprecation warning.
+    if 'eventlet' not in sys.modules:
         return False
+    from eventlet import patcher
     return patcher.is_monkey_patched('thread')
 
 
