@@ -4,7 +4,8 @@ Options live in groups of our own (``[chunkbackup]``, ``[backup_posix]`` ...)
 so the drivers load inside a cinder-backup process without clashing with
 Cinder's ``[DEFAULT] backup_*`` options.
 """
-import itertools
+import importlib
+import pkgutil
 
 from oslo_config import cfg
 
@@ -94,12 +95,22 @@ engine_opts = [
 CONF.register_opts(engine_opts, group=ENGINE_GROUP)
 
 
+def _driver_modules():
+    """Every module of chunkbackup.drivers: each declares GROUP and OPTS."""
+    import chunkbackup.drivers
+
+    for info in pkgutil.iter_modules(chunkbackup.drivers.__path__):
+        module = importlib.import_module('chunkbackup.drivers.' + info.name)
+        if hasattr(module, 'GROUP') and hasattr(module, 'OPTS'):
+            yield module
+
+
 def list_opts():
     """Return the options of every group, for oslo-config-generator."""
-    # Imported here so that listing options does not need every driver's
-    # client library at import time of this module.
-    from chunkbackup.drivers import posix
-
-    groups = {ENGINE_GROUP: engine_opts, posix.GROUP: posix.posix_opts}
-    return [(group, list(itertools.chain(opts)))
-            for group, opts in groups.items()]
+    groups = [(ENGINE_GROUP, engine_opts)]
+    seen = set()
+    for module in _driver_modules():
+        if module.GROUP not in seen:
+            seen.add(module.GROUP)
+            groups.append((module.GROUP, module.OPTS))
+    return [(group, list(opts)) for group, opts in groups]

@@ -26,7 +26,7 @@ DIR_MODE = 0o770
 FILE_MODE = 0o660
 TMP_PREFIX = '.tmp-'
 
-posix_opts = [
+OPTS = [
     cfg.StrOpt('path',
                help='Directory that holds the backups (the backup root). '
                     'Unset means $XDG_DATA_HOME/chunkbackup/backups, i.e. '
@@ -39,7 +39,7 @@ posix_opts = [
                     'it (see objects_in_flight).'),
 ]
 
-CONF.register_opts(posix_opts, group=GROUP)
+CONF.register_opts(OPTS, group=GROUP)
 
 
 def default_backup_root() -> str:
