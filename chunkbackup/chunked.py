@@ -22,7 +22,6 @@ import functools
 import hashlib
 import math
 import os
-import re
 import stat
 import time
 from typing import List, Optional, Tuple
@@ -35,32 +34,24 @@ from chunkbackup import compression
 from chunkbackup import concurrency
 from chunkbackup import driver
 from chunkbackup import exception
+from chunkbackup import names
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
 from chunkbackup import pipeline
 from chunkbackup import progress
 from chunkbackup import storage
+
+check_safe_id = names.check_safe_id
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 GiB = 2 ** 30
 CANCEL_BACKUP_STATUSES = frozenset(('deleting', 'deleted'))
-_SAFE_ID_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$')
 
 
 def _md5_hex(data) -> str:
     # Not for security: the format's integrity check (FIPS hosts allow it).
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def check_safe_id(kind: str, value) -> str:
-    """Refuse ids that could escape a directory or an object prefix."""
-    if not isinstance(value, str) or not _SAFE_ID_RE.match(value) or (
-            '..' in value):
-        raise exception.InvalidName(
-            kind=kind, name=value,
-            reason='ids are 1-128 letters, digits, "_", "-", ".", ":"')
-    return value
 
 
 def volume_size_of(volume_file) -> int:
@@ -246,6 +237,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         self.progress_listeners: List[progress.ProgressListener] = [
             progress.LogListener()]
         self._store: Optional[storage.ObjectStore] = None
+        # Set by chunkbackup.faults.install() in tests.
+        self.fault_injector = None
         self._zeros = _Zeros(self.sha_block_size, object_size,
                              self.compressor)
 
@@ -299,7 +292,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """Make the objects written so far durable (before _metadata)."""
 
     def wrap_store(self, store: storage.ObjectStore) -> storage.ObjectStore:
-        """Wrap the object store seam (fault injection, metrics)."""
+        """Wrap the object store seam, inside the retries (metrics, say)."""
         return store
 
     # ------------------------------------------------------------------
@@ -309,8 +302,12 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """The driver's object I/O, with every cross-cutting wrapper."""
         if self._store is None:
             conf = CONF.chunkbackup
+            inner = self.wrap_store(storage.DriverStore(self))
+            if self.fault_injector is not None:
+                self.fault_injector.inner = inner
+                inner = self.fault_injector
             self._store = storage.RetryingStore(
-                self.wrap_store(storage.DriverStore(self)),
+                inner,
                 retries=conf.storage_retries,
                 backoff=conf.storage_retry_backoff,
                 max_delay=conf.storage_retry_max_delay)

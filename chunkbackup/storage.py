@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 from oslo_log import log as logging
 
 from chunkbackup import exception
+from chunkbackup import names
 
 LOG = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class DriverStore(ObjectStore):
         self.driver = driver
 
     def _call(self, operation, target, fn, *args, **kwargs):
+        # Every name reaches a driver through here: check them once for all.
+        names.check_relative('container', args[0])
+        if operation not in ('put_container', 'list'):
+            names.check_relative('object name', args[1])
         try:
             return fn(*args, **kwargs)
         except exception.ChunkBackupError as e:

@@ -17,6 +17,7 @@ from oslo_log import log as logging
 
 from chunkbackup import chunked
 from chunkbackup import exception
+from chunkbackup import names
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -46,24 +47,6 @@ def default_backup_root() -> str:
     data_home = os.environ.get('XDG_DATA_HOME') or os.path.join(
         os.path.expanduser('~'), '.local', 'share')
     return os.path.join(data_home, 'chunkbackup', 'backups')
-
-
-def _check_relative(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise exception.InvalidName(kind=kind, name=name,
-                                    reason='it is empty')
-    if '\0' in name or '\n' in name or '\r' in name:
-        raise exception.InvalidName(kind=kind, name=name,
-                                    reason='it contains NUL or a newline')
-    if os.path.isabs(name) or name.startswith('\\'):
-        raise exception.InvalidName(kind=kind, name=name,
-                                    reason='it is an absolute path')
-    if '..' in name.replace('\\', '/').split('/'):
-        raise exception.InvalidName(kind=kind, name=name,
-                                    reason="it has a '..' component")
-    if len(name) > 1024:
-        raise exception.InvalidName(kind=kind, name=name,
-                                    reason='it is longer than 1024 bytes')
 
 
 class _ObjectWriter:
@@ -126,7 +109,7 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
     # Paths --------------------------------------------------------------
 
     def _container_path(self, container: str) -> str:
-        _check_relative('container', container)
+        names.check_relative('container', container)
         path = os.path.realpath(os.path.join(self.backup_root, container))
         if os.path.commonpath([path, self.backup_root]) != self.backup_root \
                 or path == self.backup_root:
@@ -137,7 +120,7 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
         return path
 
     def _object_path(self, container: str, object_name: str) -> str:
-        _check_relative('object name', object_name)
+        names.check_relative('object name', object_name)
         if '/' in object_name or '\\' in object_name:
             raise exception.InvalidName(kind='object name', name=object_name,
                                         reason='it contains a slash')
