@@ -93,6 +93,8 @@ class _Zeros:
         self.block = self.piece[:block_size]
         self.block_digest = fmt.zero_digest(block_size)
         self.compressor = compressor
+        self._encoded = {}
+        self._lock = concurrency.native_lock()
 
     def is_zero(self, data) -> bool:
         return len(data) <= len(self.piece) and self.piece.startswith(data)
@@ -103,11 +105,18 @@ class _Zeros:
         return self.block_digest * full + (
             fmt.zero_digest(tail) if tail else b'')
 
-    @functools.lru_cache(maxsize=64)
     def encoded(self, length: int) -> Tuple[str, bytes, str]:
-        data = self.piece[:length]
-        label, body = self.compressor.compress(data)
-        return label, bytes(body), _md5_hex(data)
+        """(label, body, md5) of ``length`` zero bytes, computed once."""
+        with self._lock:  # CPU threads race for the first zero piece
+            found = self._encoded.get(length)
+            if found is None:
+                data = self.piece[:length]
+                label, body = self.compressor.compress(data)
+                found = (label, bytes(body), _md5_hex(data))
+                if len(self._encoded) > 64:
+                    self._encoded.clear()
+                self._encoded[length] = found
+            return found
 
 
 @dataclasses.dataclass

@@ -32,6 +32,14 @@ def native_thread_local():
     return threading.local()
 
 
+def native_lock():
+    """A lock that native threads (eventlet's tpool included) can share."""
+    if eventlet_patched():
+        from eventlet import patcher
+        return patcher.original('threading').Lock()
+    return threading.Lock()
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
