@@ -55,8 +55,10 @@ def _md5_hex(data) -> str:
 
 
 def volume_size_of(volume_file) -> int:
-    """The size of a volume from the file object itself (block devices
-    report 0 in stat, but seek to their end)."""
+    """The size of a volume, from the file object itself.
+
+    Block devices report 0 in stat, but seek to their end.
+    """
     here = volume_file.tell()
     volume_file.seek(0, os.SEEK_END)
     size = volume_file.tell()
@@ -266,9 +268,12 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def get_object_writer(self, container: str, object_name: str,
                           extra_metadata=None):
-        """A context manager with ``write(bytes)``; the object exists under
-        its name, complete, once the context exits without an error, and
-        does not exist (not even partly) if it exits with one."""
+        """A context manager with ``write(bytes)``.
+
+        The object exists under its name, complete, once the context exits
+        without an error, and does not exist (not even partly) if it exits
+        with one.
+        """
 
     @abc.abstractmethod
     def get_object_reader(self, container: str, object_name: str,
@@ -839,8 +844,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         self.delete_objects(container, prefix)
 
     def delete_objects(self, container: str, prefix: str) -> int:
-        """Delete every object with the prefix; _metadata goes first, so an
-        interrupted delete never leaves a backup that looks complete."""
+        """Delete every object with the prefix.
+
+        _metadata goes first, so an interrupted delete never leaves a
+        backup that looks complete.
+        """
         names = set(self.store.list(container, prefix))
         first = [n for n in (fmt.metadata_name(prefix),
                              fmt.sha256file_name(prefix)) if n in names]

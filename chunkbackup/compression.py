@@ -135,7 +135,6 @@ def _bounded_bz2(body, length):
     return out
 
 
-
 def _bounded_zstd(body, length):
     size = zstandard.frame_content_size(body)
     if size > length:

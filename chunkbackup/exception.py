@@ -83,7 +83,8 @@ class CompressionError(ChunkBackupError):
 class StorageError(ChunkBackupError):
     """A storage operation failed; drivers raise subclasses of it."""
 
-    msg_fmt = "Storage operation %(operation)s on %(target)s failed: %(reason)s"
+    msg_fmt = ("Storage operation %(operation)s on %(target)s failed: "
+               "%(reason)s")
 
 
 class TransientStorageError(StorageError):

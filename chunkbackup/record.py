@@ -20,7 +20,8 @@ class BackupRecord:
                  status: str = 'creating',
                  created_at: Optional[datetime.datetime] = None,
                  service_metadata: Optional[str] = None,
-                 on_refresh: Optional[Callable[['BackupRecord'], None]] = None):
+                 on_refresh: Optional[Callable[['BackupRecord'],
+                                               None]] = None):
         self.id = id or str(uuid.uuid4())
         self.volume_id = volume_id
         self.parent = parent

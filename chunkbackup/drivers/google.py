@@ -214,6 +214,8 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
         self.upload_chunk_size = conf.upload_chunk_size
         self.timeout = conf.timeout
         self.availability_zone = conf.availability_zone
+        # Names per listing page; None means the service's (1000).
+        self.listing_page_size = None
         self._client = None
         self._client_lock = threading.Lock()
 
@@ -244,7 +246,10 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
                        % (e, GROUP))
 
     def _session(self, creds) -> requests.Session:
-        session = auth_requests.AuthorizedSession(creds)
+        # Anonymous credentials cannot be refreshed: a 401 must stay a 401.
+        refresh_on = () if self.anonymous else (http.client.UNAUTHORIZED,)
+        session = auth_requests.AuthorizedSession(
+            creds, refresh_status_codes=refresh_on)
         # One connection per object in flight; the adapter never retries.
         adapter = requests.adapters.HTTPAdapter(
             pool_maxsize=max(10, self.objects_in_flight), max_retries=0)
@@ -386,7 +391,8 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
             # The iterator follows nextPageToken through every page.
             blobs = self.client.list_blobs(
                 container, prefix=prefix, fields='items(name),nextPageToken',
-                timeout=self.timeout, retry=None)
+                page_size=self.listing_page_size, timeout=self.timeout,
+                retry=None)
             return [blob.name for blob in blobs]
 
     def get_object_writer(self, container, object_name, extra_metadata=None):

@@ -31,8 +31,8 @@ import filecmp
 import os
 import uuid
 
-import pytest
 from oslo_config import cfg
+import pytest
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import exception

@@ -1,8 +1,8 @@
 import filecmp
 import uuid
 
-import pytest
 from oslo_config import cfg
+import pytest
 
 from chunkbackup.drivers import posix
 from chunkbackup.record import BackupRecord

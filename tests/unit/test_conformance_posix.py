@@ -1,6 +1,6 @@
 """The driver conformance suite against the posix driver (a real directory)."""
-import pytest
 from oslo_config import cfg
+import pytest
 
 from chunkbackup.drivers import posix
 from chunkbackup.testing import conformance

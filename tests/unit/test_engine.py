@@ -47,7 +47,7 @@ def test_round_trip_every_label_and_kind(make_posix, ops, tmp_path, label,
 
 
 def test_data_turned_to_zeros_restored_onto_new_volume(make_posix, ops,
-                                                        tmp_path):
+                                                       tmp_path):
     driver = make_posix()
     vol = _make_volume(tmp_path, 64 * 1024 * 4, 'random')
     full = ops.backup(driver, vol)
