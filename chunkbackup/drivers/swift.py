@@ -181,6 +181,10 @@ class _ObjectReader:
 class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     """Cinder-compatible Swift driver."""
 
+    # Entries per listing request; None is the server's limit (10000 by
+    # default). Tests set it low to exercise paging.
+    listing_page_size: Optional[int] = None
+
     def __init__(self, context, db=None):
         conf = CONF[GROUP]
         super().__init__(context, object_size=conf.object_size,
@@ -434,8 +438,10 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     def get_container_entries(self, container: str,
                               prefix: str) -> List[str]:
         with self._swift('list', container) as conn:
+            # full_listing: swiftclient follows the markers page by page.
             _headers, objects = conn.get_container(
-                container, prefix=prefix, full_listing=True)
+                container, prefix=prefix, limit=self.listing_page_size,
+                full_listing=True)
         return [obj['name'] for obj in objects]
 
     def _put_object(self, container: str, name: str, body) -> None:
