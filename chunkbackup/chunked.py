@@ -24,6 +24,7 @@ import math
 import os
 import stat
 import time
+import types
 from typing import List, Optional, Tuple
 
 from oslo_config import cfg
@@ -824,6 +825,23 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                 runs.append((run_start, view[run_start - entry.offset:
                                              end - entry.offset]))
         return runs, supplied
+
+    # ------------------------------------------------------------------
+    # Discovery, for rebuilding a catalog from the store.
+
+    def find_metadata_objects(self, container: Optional[str] = None):
+        """Yield (container, name) of every ``_metadata`` object.
+
+        Object stores list their (default) container; drivers whose
+        backups live in many containers (posix) override this.
+        """
+        if container is None:
+            anonymous = types.SimpleNamespace(id='0' * 36, volume_id='0',
+                                              container=None)
+            container = self.update_container_name(anonymous, None)
+        for name in self.store.list(container, ''):
+            if name.endswith('_metadata'):
+                yield container, name
 
     # ------------------------------------------------------------------
     # Delete.

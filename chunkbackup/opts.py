@@ -25,6 +25,12 @@ COMPRESSION_CHOICES = [
 ]
 
 engine_opts = [
+    cfg.StrOpt('driver',
+               default='posix',
+               help='Standalone use (the chunkbackup command and service): '
+                    'the storage driver, by name (posix, swift, google, s3) '
+                    'or as a class path. cinder-backup uses its own '
+                    'backup_driver option instead.'),
     cfg.StrOpt('compression_algorithm',
                default='zstd',
                ignore_case=True,

@@ -269,10 +269,17 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
                 creds, creds_project = self._credentials()
                 options = ({'api_endpoint': self.endpoint}
                            if self.endpoint else None)
-                self._client = gcs.Client(
+                client = gcs.Client(
                     project=self.project_id or creds_project,
                     credentials=creds, client_options=options,
                     _http=self._session(creds))
+                # Recent clients fetch each bucket's metadata in a
+                # background thread, with the library's own retries, only to
+                # label tracing spans: one more request per bucket (a 403
+                # where object permissions suffice) for nothing we use.
+                if getattr(client, '_bucket_metadata_cache', None):
+                    client._bucket_metadata_cache = None
+                self._client = client
             return self._client
 
     # Errors ----------------------------------------------------------------

@@ -188,6 +188,16 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
         finally:
             os.close(fd)
 
+    def find_metadata_objects(self, container=None):
+        top = (self._container_path(container) if container
+               else self.backup_root)
+        for directory, subdirs, files in os.walk(top):
+            subdirs.sort()
+            for name in sorted(files):
+                if name.endswith('_metadata') and \
+                        not name.startswith(TMP_PREFIX):
+                    yield os.path.relpath(directory, self.backup_root), name
+
     def _generate_object_name_prefix(self, backup) -> str:
         timestamp = time.strftime('%Y%m%d%H%M%S', time.gmtime())
         return 'volume_%s_%s_backup_%s' % (

@@ -1,0 +1,1 @@
+"""The standalone catalog of backups, jobs and schedules (SQLAlchemy)."""

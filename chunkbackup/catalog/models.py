@@ -1,0 +1,124 @@
+"""The catalog's tables: backups (Cinder's Backup fields), jobs, schedules.
+
+The schema is owned by the alembic migrations next to this module; these
+models describe the newest revision.
+"""
+import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy import orm
+
+
+def utcnow() -> datetime.datetime:
+    """Naive UTC with microseconds: "newest backup" must be well-defined."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+# MySQL keeps no fraction of a second unless asked to.
+PreciseDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mysql',
+                                             'mariadb')
+
+
+class Base(orm.DeclarativeBase):
+    pass
+
+
+class Backup(Base):
+    """A backup record.
+
+    It has the attributes the drivers expect of Cinder's Backup objects
+    (``parent``, ``save()``, ``refresh()``...).
+    """
+
+    __tablename__ = 'backups'
+
+    id = sa.Column(sa.String(36), primary_key=True)
+    volume_id = sa.Column(sa.String(128), nullable=False, index=True)
+    volume_path = sa.Column(sa.String(4096))
+    container = sa.Column(sa.String(1024))
+    service_metadata = sa.Column(sa.String(1024))
+    parent_id = sa.Column(sa.String(36), sa.ForeignKey('backups.id'),
+                          index=True)
+    size = sa.Column(sa.Integer, nullable=False, default=0)
+    size_bytes = sa.Column(sa.BigInteger, nullable=False, default=0)
+    object_count = sa.Column(sa.Integer, nullable=False, default=0)
+    status = sa.Column(sa.String(32), nullable=False, index=True)
+    fail_reason = sa.Column(sa.Text)
+    display_name = sa.Column(sa.String(255))
+    display_description = sa.Column(sa.String(1024))
+    created_at = sa.Column(PreciseDateTime, nullable=False, default=utcnow)
+    updated_at = sa.Column(PreciseDateTime, default=utcnow, onupdate=utcnow)
+    data_timestamp = sa.Column(sa.DateTime)
+    driver = sa.Column(sa.String(255), nullable=False)
+    # The process that runs the operation now, so a crashed one is found.
+    owner = sa.Column(sa.String(255))
+
+    parent = orm.relationship('Backup', remote_side=[id],
+                              back_populates='children')
+    children = orm.relationship('Backup', back_populates='parent')
+
+    # Cinder's Backup interface -------------------------------------------
+
+    def save(self) -> None:
+        orm.object_session(self).commit()
+
+    def refresh(self) -> None:
+        session = orm.object_session(self)
+        session.commit()  # end the transaction so we read what others wrote
+        session.refresh(self)
+
+    @property
+    def live_children(self):
+        return [c for c in self.children if c.status != 'deleted']
+
+    @property
+    def has_dependent_backups(self) -> bool:
+        return bool(self.live_children)
+
+    @property
+    def num_dependent_backups(self) -> int:
+        return len(self.live_children)
+
+    @property
+    def dependent_backup_ids(self) -> str:
+        return ', '.join(c.id for c in self.live_children)
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.parent_id is not None
+
+
+class Job(Base):
+    """Work queued for the service (``chunkbackup ... --async``)."""
+
+    __tablename__ = 'jobs'
+
+    id = sa.Column(sa.Integer, primary_key=True, autoincrement=True)
+    kind = sa.Column(sa.String(32), nullable=False)
+    params = sa.Column(sa.JSON, nullable=False, default=dict)
+    status = sa.Column(sa.String(32), nullable=False, default='queued',
+                       index=True)
+    backup_id = sa.Column(sa.String(36))
+    error = sa.Column(sa.Text)
+    created_at = sa.Column(sa.DateTime, nullable=False, default=utcnow)
+    started_at = sa.Column(sa.DateTime)
+    finished_at = sa.Column(sa.DateTime)
+    owner = sa.Column(sa.String(255))
+
+
+class Schedule(Base):
+    """A recurring backup of one volume, with its retention."""
+
+    __tablename__ = 'schedules'
+
+    name = sa.Column(sa.String(255), primary_key=True)
+    volume_path = sa.Column(sa.String(4096), nullable=False)
+    volume_id = sa.Column(sa.String(128))
+    container = sa.Column(sa.String(1024))
+    interval_seconds = sa.Column(sa.Integer, nullable=False)
+    full_every = sa.Column(sa.Integer, nullable=False, default=7)
+    retain_full = sa.Column(sa.Integer, nullable=False, default=2)
+    enabled = sa.Column(sa.Boolean, nullable=False, default=True)
+    last_run_at = sa.Column(sa.DateTime)
+    created_at = sa.Column(sa.DateTime, nullable=False, default=utcnow)

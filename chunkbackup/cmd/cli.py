@@ -1,0 +1,334 @@
+"""The ``chunkbackup`` command: backups of files and block devices.
+
+    chunkbackup backup-create /path/to/disk.img
+    chunkbackup backup-create /path/to/disk.img --incremental
+    chunkbackup backup-list
+    chunkbackup backup-restore BACKUP_ID /path/to/restored.img
+
+Every command prints a table (or JSON with ``--format json``), exits 0 on
+success, and on failure prints one line to stderr and exits non-zero (the
+traceback only with ``--debug``).
+"""
+import argparse
+import json
+import os
+import sys
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from chunkbackup.catalog import api
+from chunkbackup.catalog import models
+from chunkbackup import exception
+from chunkbackup import operations
+from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
+from chunkbackup import progress
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+PROG = 'chunkbackup'
+USER_CONFIG = os.path.join(os.path.expanduser('~'), '.config', 'chunkbackup',
+                           'chunkbackup.conf')
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+# Output ------------------------------------------------------------------
+
+def _text(value) -> str:
+    if value is None:
+        return ''
+    return str(value)
+
+
+def print_table(rows, columns, out=sys.stdout):
+    """A plain table: one header line, one line a row."""
+    cells = [[_text(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max([len(title)] + [len(r[i]) for r in cells])
+              for i, (_, title) in enumerate(columns)]
+    line = '  '.join(title.ljust(w) for (_, title), w in zip(columns, widths))
+    out.write(line.rstrip() + '\n')
+    for r in cells:
+        out.write('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                  + '\n')
+
+
+def print_fields(record: dict, out=sys.stdout):
+    print_table([{'field': k, 'value': v} for k, v in record.items()],
+                [('field', 'Field'), ('value', 'Value')], out)
+
+
+def emit(args, data, columns=None):
+    if args.format == 'json':
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write('\n')
+    elif isinstance(data, list):
+        print_table(data, columns)
+    else:
+        print_fields(data)
+
+
+def backup_view(record: models.Backup) -> dict:
+    return {
+        'id': record.id,
+        'volume_id': record.volume_id,
+        'volume_path': record.volume_path,
+        'status': record.status,
+        'name': record.display_name,
+        'description': record.display_description,
+        'incremental': record.is_incremental,
+        'parent_id': record.parent_id,
+        'size_gib': record.size,
+        'size_bytes': record.size_bytes,
+        'object_count': record.object_count,
+        'driver': record.driver,
+        'container': record.container,
+        'object_prefix': record.service_metadata,
+        'created_at': str(record.created_at) if record.created_at else None,
+        'data_timestamp': (str(record.data_timestamp)
+                           if record.data_timestamp else None),
+        'fail_reason': record.fail_reason,
+    }
+
+
+LIST_COLUMNS = [('id', 'ID'), ('volume_id', 'Volume ID'),
+                ('status', 'Status'), ('name', 'Name'),
+                ('size_bytes', 'Size (bytes)'), ('incremental', 'Incremental'),
+                ('created_at', 'Created At')]
+
+
+class TerminalProgress(progress.ProgressListener):
+    """A progress bar with throughput and ETA, on a terminal only."""
+
+    def __init__(self):
+        self.bar = None
+
+    def started(self, operation, backup, total_bytes):
+        import tqdm
+        self.bar = tqdm.tqdm(total=total_bytes, unit='B', unit_scale=True,
+                             unit_divisor=1024, desc=operation,
+                             file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def advanced(self, operation, backup, done_bytes, total_bytes):
+        if self.bar is not None:
+            self.bar.update(done_bytes - self.bar.n)
+
+    def finished(self, operation, backup, done_bytes, ok):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def listeners():
+    return [TerminalProgress()] if sys.stderr.isatty() else []
+
+
+# Commands ----------------------------------------------------------------
+
+def cmd_backup_create(args, session):
+    if args.async_:
+        from chunkbackup import jobs
+        job = jobs.enqueue(session, 'backup', {
+            'volume': os.path.abspath(args.volume),
+            'incremental': args.incremental, 'name': args.display_name,
+            'description': args.display_description,
+            'volume_id': args.volume_id,
+            'container': args.container})
+        emit(args, {'job_id': job.id, 'status': job.status,
+                    'kind': job.kind})
+        return
+    record = operations.create_backup(
+        session, args.volume, incremental=args.incremental,
+        name=args.display_name, description=args.display_description,
+        volume_id=args.volume_id,
+        container=args.container, listeners=listeners())
+    emit(args, backup_view(record))
+
+
+def cmd_backup_restore(args, session):
+    record = operations.restore_backup(session, args.backup_id, args.target,
+                                       force=args.force,
+                                       listeners=listeners())
+    emit(args, {'backup_id': record.id, 'target': args.target,
+                'size_bytes': record.size_bytes, 'status': 'restored'})
+
+
+def cmd_backup_list(args, session):
+    rows = [backup_view(r) for r in api.list_backups(session,
+                                                     args.volume_id)]
+    emit(args, rows, LIST_COLUMNS)
+
+
+def cmd_backup_show(args, session):
+    emit(args, backup_view(api.get_backup(session, args.backup_id)))
+
+
+def cmd_backup_delete(args, session):
+    record = operations.delete_backup(session, args.backup_id)
+    emit(args, {'backup_id': record.id, 'status': 'deleted'})
+
+
+def cmd_backup_verify(args, session):
+    record, plan = operations.verify_backup(session, args.backup_id,
+                                            listeners=listeners())
+    emit(args, {'backup_id': record.id, 'status': 'verified',
+                'size_bytes': plan.size, 'objects_checked':
+                len(plan.fetches), 'chain_length': len(plan.chain)})
+
+
+def cmd_backup_export(args, session):
+    emit(args, operations.export_backup(session, args.backup_id))
+
+
+def cmd_backup_import(args, session):
+    record = operations.import_backup(session, args.backup_service,
+                                      args.backup_url)
+    emit(args, backup_view(record))
+
+
+def cmd_catalog_rebuild(args, session):
+    added = operations.rebuild_catalog(session, args.container)
+    emit(args, [{'id': i, 'status': 'recorded'} for i in added],
+         [('id', 'ID'), ('status', 'Status')])
+
+
+def _add_format(parser):
+    parser.add_argument('--format', choices=('table', 'json'),
+                        default='table',
+                        help='table for people (default), json for scripts')
+
+
+def add_command_parsers(subparsers):
+    def command(name, func, help_text):
+        parser = subparsers.add_parser(name, help=help_text,
+                                       description=help_text)
+        parser.set_defaults(func=func)
+        _add_format(parser)
+        return parser
+
+    p = command('backup-create', cmd_backup_create,
+                'Back up a file or block device (full, or --incremental).')
+    p.add_argument('volume', help='file or block device to back up')
+    p.add_argument('--incremental', action='store_true',
+                   help='store only what changed since the newest available '
+                        'backup of this volume')
+    p.add_argument('--name', dest='display_name',
+                   help='a name for the backup')
+    p.add_argument('--description', dest='display_description',
+                   help='a description of the backup')
+    p.add_argument('--volume-id', dest='volume_id',
+                   help='volume id (default: a stable id of the path)')
+    p.add_argument('--container', help='container (bucket, directory) to '
+                                       'store the backup in')
+    p.add_argument('--async', dest='async_', action='store_true',
+                   help='queue the backup for chunkbackup-backup to run')
+
+    p = command('backup-restore', cmd_backup_restore,
+                'Restore a backup (and its chain) to a file or device.')
+    p.add_argument('backup_id')
+    p.add_argument('target', help='file (created if missing) or block '
+                                  'device')
+    p.add_argument('--force', action='store_true',
+                   help='overwrite a target that is not empty')
+
+    p = command('backup-list', cmd_backup_list, 'List backups.')
+    p.add_argument('--volume-id', dest='volume_id',
+                   help='only the backups of this volume')
+
+    for name, func, text in (
+            ('backup-show', cmd_backup_show, 'Show one backup.'),
+            ('backup-delete', cmd_backup_delete,
+             'Delete a backup (not one that incrementals depend on).'),
+            ('backup-verify', cmd_backup_verify,
+             'Check every object and block of a backup, writing nothing.'),
+            ('backup-export', cmd_backup_export,
+             'Print the backup record as a Cinder backup_url.')):
+        command(name, func, text).add_argument('backup_id')
+
+    p = command('backup-import', cmd_backup_import,
+                'Record a backup exported by chunkbackup or cinder.')
+    p.add_argument('backup_service',
+                   help='the exporter\'s backup_service, e.g. '
+                        'cinder.backup.drivers.posix.PosixBackupDriver')
+    p.add_argument('backup_url')
+
+    p = command('catalog-rebuild', cmd_catalog_rebuild,
+                'Record the backups the store holds that the catalog lacks.')
+    p.add_argument('--container', help='only this container')
+
+
+def register_cli_opts(conf=CONF):
+    conf.register_cli_opt(cfg.SubCommandOpt(
+        'command', title='Commands', handler=add_command_parsers,
+        help='run "chunkbackup COMMAND --help" for a command\'s options'))
+    logging.register_options(conf)
+
+
+def _one_line_errors():
+    """argparse errors as one line on stderr (no usage block)."""
+    def error(parser, message):
+        sys.stderr.write('%s: error: %s (see %s --help)\n'
+                         % (parser.prog, message, parser.prog))
+        raise SystemExit(EXIT_USAGE)
+    argparse.ArgumentParser.error = error
+
+
+def parse_args(argv, conf=CONF):
+    register_cli_opts(conf)
+    defaults = [USER_CONFIG] if os.path.exists(USER_CONFIG) else []
+    conf(argv, project='chunkbackup', prog=PROG,
+         default_config_files=defaults, default_config_dirs=[])
+    # A command's output is its result; log lines only say what went wrong,
+    # unless --debug asks for everything.
+    quiet = [] if conf.debug else ['chunkbackup=WARNING']
+    logging.set_defaults(default_log_levels=logging.get_default_log_levels()
+                         + ['alembic=WARNING', 'stevedore=WARNING'] + quiet)
+    logging.setup(conf, 'chunkbackup')
+
+
+def main(argv=None) -> int:
+    _one_line_errors()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parse_args(argv)
+    except cfg.Error as e:
+        sys.stderr.write('%s: error: %s\n' % (PROG, e))
+        return EXIT_USAGE
+    args = CONF.command
+    try:
+        catalog = api.Catalog()
+        session = catalog.session()
+        try:
+            args.func(args, session)
+        finally:
+            session.close()
+            catalog.dispose()
+    except KeyboardInterrupt:
+        sys.stderr.write('%s: interrupted\n' % PROG)
+        return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (exception.ChunkBackupError, OSError) as e:
+        if CONF.debug:
+            LOG.exception('%s failed', args.name)
+        message = getattr(e, 'msg', None) or str(e)
+        sys.stderr.write('%s: error: %s\n' % (PROG, message))
+        return EXIT_FAILURE
+    except Exception as e:
+        if CONF.debug:
+            LOG.exception('%s failed', args.name)
+        sys.stderr.write('%s: error: unexpected %s: %s (run again with '
+                         '--debug for details)\n'
+                         % (PROG, type(e).__name__, e))
+        return EXIT_FAILURE
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
