@@ -291,6 +291,9 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
             return False
         if isinstance(exc, _TRANSIENT_TYPES):
             return True
+        if isinstance(exc, auth_exceptions.GoogleAuthError):
+            # A token refresh that met a 5xx or a timeout says so.
+            return bool(getattr(exc, 'retryable', False))
         status = _status_of(exc)
         return status is not None and (status in (408, 429) or status >= 500)
 
@@ -378,7 +381,8 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
                            'a project: set [%s] project_id'
                            % (container, GROUP))
             bucket = self.client.bucket(container)
-            bucket.storage_class = self.storage_class
+            if self.storage_class:
+                bucket.storage_class = self.storage_class
             LOG.info('Creating bucket %(b)s in project %(p)s (%(loc)s, '
                      '%(cls)s).', {'b': container, 'p': project,
                                    'loc': self.bucket_location,
