@@ -16,6 +16,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import logging as logging_std
 import re
 import time
 from typing import List, Optional
@@ -196,6 +197,43 @@ _TRANSIENT_BOTO_ERRORS = (
     boto_exc.IncompleteReadError)
 
 
+class _SecretFilter(logging_std.Filter):
+    """Blanks the driver's secrets out of botocore's debug logs.
+
+    At DEBUG botocore logs every request's parameters, headers and
+    canonical request: the SSE-C key is a header, so it would be written to
+    the log in clear. This filter sits on botocore's own loggers (a filter
+    sees only the records of its logger) and costs nothing unless they
+    log at DEBUG.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.secrets = set()
+
+    def filter(self, record) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            cleaned = message
+            for secret in self.secrets:
+                cleaned = cleaned.replace(secret, '***')
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+_SECRET_FILTER = _SecretFilter()
+
+
+def _hide_in_botocore_logs(*secrets) -> None:
+    _SECRET_FILTER.secrets.update(s for s in secrets if s)
+    known = [name for name in list(logging_std.root.manager.loggerDict)
+             if name == 'botocore' or name.startswith('botocore.')]
+    for name in set(known) | {'botocore.endpoint', 'botocore.auth',
+                              'botocore.parsers', 'botocore.hooks'}:
+        logging_std.getLogger(name).addFilter(_SECRET_FILTER)
+
+
 def _content_md5(data) -> str:
     # Not for security: S3's transfer integrity check.
     return base64.b64encode(
@@ -313,10 +351,12 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
         # (a get without the key fails); SSE-S3/KMS only with writes.
         self._sse_c_args = {}
         if conf.sse_customer_key:
+            key = decode_sse_customer_key(conf.sse_customer_key)
             self._sse_c_args = {
                 'SSECustomerAlgorithm': conf.sse_customer_algorithm,
-                'SSECustomerKey': decode_sse_customer_key(
-                    conf.sse_customer_key)}
+                'SSECustomerKey': key}
+            _hide_in_botocore_logs(conf.sse_customer_key,
+                                   base64.b64encode(key).decode('ascii'))
         self._write_args = dict(self._sse_c_args)
         if conf.server_side_encryption:
             self._write_args['ServerSideEncryption'] = \
@@ -324,6 +364,8 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
             if conf.sse_kms_key_id:
                 self._write_args['SSEKMSKeyId'] = conf.sse_kms_key_id
         self.client = self._make_client(conf)
+        _hide_in_botocore_logs(conf.secret_key, conf.http_proxy,
+                               conf.https_proxy)
         LOG.debug('S3 backup driver: endpoint %(url)s, region %(region)s, '
                   'default bucket %(bucket)s, addressing %(style)s',
                   {'url': self.endpoint_url or '(AWS)',
