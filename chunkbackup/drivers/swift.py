@@ -155,6 +155,8 @@ class _ObjectWriter:
         if exc_type is None:
             body = (self.parts[0] if len(self.parts) == 1
                     else b''.join(self.parts))
+            if not isinstance(body, bytes):
+                body = bytes(body)  # a memoryview is no request body
             self.driver._put_object(self.container, self.name, body)
         return False
 
@@ -346,10 +348,12 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         except (swift_exc.ClientException, ks_exc.ClientException,
                 requests.exceptions.RequestException,
                 http.client.HTTPException, OSError) as e:
-            if not isinstance(e, (swift_exc.ClientException,
-                                  ks_exc.HttpError)):
-                # The next attempt starts from a fresh connection.
-                self._local.conn = None
+            conn = getattr(self._local, 'conn', None)
+            if conn is not None and not isinstance(
+                    e, (swift_exc.ClientException, ks_exc.HttpError)):
+                # The next attempt opens a new HTTP connection (the token
+                # stays valid).
+                conn.close()
             raise self._translate(e, operation, target,
                                   name is None) from e
 
@@ -380,12 +384,18 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             return exception.StorageError(
                 reason='TLS failed (%s); check [%s] ca_certificate_file or '
                        'insecure' % (e, GROUP), **kwargs)
-        if status is None and not isinstance(e, swift_exc.ClientException):
+        transient = self.is_transient_error(e)
+        if isinstance(e, swift_exc.ClientException):
+            reason = str(e)
+        elif isinstance(e, ks_exc.ConnectionError):
+            reason = 'cannot reach Keystone at [%s] auth_url = %s (%s)' % (
+                GROUP, self.conf.auth_url, e)
+        elif transient:
             reason = 'cannot reach Swift (%s: %s)' % (type(e).__name__, e)
         else:
-            reason = str(e)
-        cls = (exception.TransientStorageError
-               if self.is_transient_error(e) else exception.StorageError)
+            reason = '%s: %s' % (type(e).__name__, e)
+        cls = (exception.TransientStorageError if transient
+               else exception.StorageError)
         return cls(reason=reason, **kwargs)
 
     # Hooks --------------------------------------------------------------

@@ -260,6 +260,14 @@ def test_put_sends_md5_as_etag(driver):
         'c', 'p-00001', body, content_length=len(body), etag=md5)
 
 
+def test_put_of_a_memoryview_sends_bytes(driver):
+    conn = driver._connection()
+    conn.put_object.return_value = hashlib.md5(b'abc').hexdigest()
+    driver.store.put('c', 'o', memoryview(b'abc'))
+    assert conn.put_object.call_args.args[2] == b'abc'
+    assert type(conn.put_object.call_args.args[2]) is bytes
+
+
 def test_put_of_engine_body_is_not_copied(driver):
     conn = driver._connection()
     body = bytes(range(256)) * 64
@@ -327,13 +335,18 @@ def test_one_connection_per_thread(driver, connection_cls):
     assert all(seen[i] is seen[i + 1] for i in range(0, 6, 2))
 
 
-def test_connection_failure_gives_a_fresh_connection(driver):
-    first = driver._connection()
-    first.get_object.side_effect = requests.exceptions.ConnectionError(
+def test_connection_failure_closes_the_http_connection(driver):
+    conn = driver._connection()
+    conn.get_object.side_effect = requests.exceptions.ConnectionError(
         'refused')
     with pytest.raises(exception.TransientStorageError):
         driver.store.get('c', 'o')
-    assert driver._connection() is not first
+    conn.close.assert_called_once_with()
+    assert driver._connection() is conn  # and keeps its token
+    conn.get_object.side_effect = client_error(503)
+    with pytest.raises(exception.TransientStorageError):
+        driver.store.get('c', 'o')
+    conn.close.assert_called_once_with()  # HTTP framing is fine after 503
 
 
 # Errors --------------------------------------------------------------------
@@ -363,7 +376,9 @@ def test_connection_failure_gives_a_fresh_connection(driver):
      exception.StorageError, ['ca_certificate_file', 'insecure']),
     (ks_exc.Unauthorized(), exception.StorageAuthError, ['401']),
     (ks_exc.ConnectFailure('down'), exception.TransientStorageError,
-     ['down']),
+     ['cannot reach Keystone', 'auth_url', 'down']),
+    (ks_exc.EndpointNotFound('none'), exception.StorageError,
+     ['EndpointNotFound']),
 ])
 def test_errors_are_classified(driver, error, cls, words):
     driver._connection().get_object.side_effect = error
