@@ -328,6 +328,7 @@ def import_backup(session, backup_service: str, backup_url: str
         id=fields['id'], volume_id=fields['volume_id'], driver=name,
         container=fields['container'],
         service_metadata=fields['service_metadata'], parent=parent,
+        parent_id=parent.id if parent is not None else None,
         display_name=fields.get('display_name'),
         display_description=fields.get('display_description'),
         status=api.AVAILABLE, size=int(fields.get('size') or 0),
