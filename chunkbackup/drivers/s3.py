@@ -589,7 +589,35 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
     # Hooks ----------------------------------------------------------------
 
     def check_for_setup_error(self) -> None:
+        """Check the options, then that the endpoint accepts us.
+
+        A wrong endpoint, wrong credentials or a missing bucket that may
+        not be created then stop the service at start-up, with the reason,
+        rather than the first backup.
+        """
         self._validate_options(CONF[GROUP])
+        if not self._bucket_exists('check_for_setup_error', self.bucket) \
+                and not self.create_bucket:
+            raise self._missing_bucket('check_for_setup_error', self.bucket)
+
+    def _bucket_exists(self, operation: str, bucket: str) -> bool:
+        with self._errors(operation, bucket):
+            try:
+                self.client.head_bucket(Bucket=bucket)
+                return True
+            except boto_exc.ClientError as e:
+                if _http_status(e) != 404 and _error_code(e) not in (
+                        '404', 'NoSuchBucket'):
+                    raise
+        return False
+
+    def _missing_bucket(self, operation: str, bucket: str):
+        return exception.StorageContainerNotFound(
+            operation=operation, target=bucket,
+            reason='bucket %s does not exist at %s and [%s] create_bucket '
+                   'is False: create the bucket, fix [%s] bucket, or set '
+                   'create_bucket = True' % (
+                       bucket, self.endpoint_url or 'AWS', GROUP, GROUP))
 
     def update_container_name(self, backup, container):
         bucket = container or self.bucket
@@ -601,22 +629,11 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
         return bucket
 
     def put_container(self, container: str) -> None:
+        if self._bucket_exists('put_container', container):
+            return
+        if not self.create_bucket:
+            raise self._missing_bucket('put_container', container)
         with self._errors('put_container', container):
-            try:
-                self.client.head_bucket(Bucket=container)
-                return
-            except boto_exc.ClientError as e:
-                if _http_status(e) != 404 and _error_code(e) not in (
-                        '404', 'NoSuchBucket'):
-                    raise
-            if not self.create_bucket:
-                raise exception.StorageContainerNotFound(
-                    operation='put_container', target=container,
-                    reason='bucket %s does not exist at %s and [%s] '
-                           'create_bucket is False: create the bucket, fix '
-                           '[%s] bucket, or set create_bucket = True'
-                           % (container, self.endpoint_url or 'AWS', GROUP,
-                              GROUP))
             args = {'Bucket': container}
             if self.region and self.region != 'us-east-1':
                 # us-east-1 is the one region S3 refuses to be named in.

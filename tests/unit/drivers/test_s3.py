@@ -600,6 +600,31 @@ def test_missing_bucket_refused_without_create_bucket(make):
     assert fake.ops('CreateBucket') == []
 
 
+def test_setup_check_finds_the_bucket(make):
+    driver, fake = make(bucket='present')
+    fake.buckets['present'] = {}
+    driver.check_for_setup_error()
+    assert [s.operation for s in fake.sent] == ['HeadBucket']
+
+
+def test_setup_check_missing_bucket(make):
+    driver, fake = make(bucket='absent')
+    driver.check_for_setup_error()  # the first backup will create it
+    assert fake.ops('CreateBucket') == []
+    driver, fake = make(bucket='absent', create_bucket=False)
+    with pytest.raises(exception.StorageContainerNotFound) as info:
+        driver.check_for_setup_error()
+    assert 'absent' in str(info.value) and 'create_bucket' in str(info.value)
+
+
+def test_setup_check_refused_credentials(make):
+    driver, fake = make()
+    fake.fail('HeadBucket', (403, {}, b''))
+    with pytest.raises(exception.StorageAuthError) as info:
+        driver.check_for_setup_error()
+    assert '[backup_s3] access_key/secret_key' in str(info.value)
+
+
 def test_bucket_race_and_taken_name(make):
     driver, fake = make()
     fake.fail('CreateBucket', s3_error(409, 'BucketAlreadyOwnedByYou'))
