@@ -867,7 +867,10 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         _metadata goes first, so an interrupted delete never leaves a
         backup that looks complete.
         """
-        names = set(self.store.list(container, prefix))
+        try:
+            names = set(self.store.list(container, prefix))
+        except exception.StorageContainerNotFound:
+            return 0  # a container removed by hand holds nothing to delete
         first = [n for n in (fmt.metadata_name(prefix),
                              fmt.sha256file_name(prefix)) if n in names]
         for name in first:

@@ -111,11 +111,17 @@ def _driver_modules():
             yield module
 
 
+# Modules of the standalone tools that declare GROUP and OPTS.
+_STANDALONE_MODULES = ['chunkbackup.catalog.api']
+
+
 def list_opts():
     """Return the options of every group, for oslo-config-generator."""
     groups = [(ENGINE_GROUP, engine_opts)]
     seen = set()
-    for module in _driver_modules():
+    modules = list(_driver_modules()) + [
+        importlib.import_module(name) for name in _STANDALONE_MODULES]
+    for module in modules:
         if module.GROUP not in seen:
             seen.add(module.GROUP)
             groups.append((module.GROUP, module.OPTS))
