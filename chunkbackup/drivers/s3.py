@@ -209,7 +209,9 @@ class _SecretFilter(logging_std.Filter):
 
     def __init__(self):
         super().__init__()
-        self.secrets = set()
+        # A tuple, replaced whole: other threads may be logging through
+        # the filter while a new driver adds its secrets.
+        self.secrets = ()
 
     def filter(self, record) -> bool:
         if self.secrets:
@@ -226,7 +228,8 @@ _SECRET_FILTER = _SecretFilter()
 
 
 def _hide_in_botocore_logs(*secrets) -> None:
-    _SECRET_FILTER.secrets.update(s for s in secrets if s)
+    _SECRET_FILTER.secrets = tuple(
+        set(_SECRET_FILTER.secrets) | {s for s in secrets if s})
     known = [name for name in list(logging_std.root.manager.loggerDict)
              if name == 'botocore' or name.startswith('botocore.')]
     for name in set(known) | {'botocore.endpoint', 'botocore.auth',
@@ -297,7 +300,8 @@ class _ObjectWriter:
         return self
 
     def write(self, data) -> None:
-        self._chunks.append(data)
+        # Keep a copy of mutable buffers: the caller may reuse them.
+        self._chunks.append(data if isinstance(data, bytes) else bytes(data))
 
     def __exit__(self, exc_type, exc, tb):
         chunks, self._chunks = self._chunks, []
