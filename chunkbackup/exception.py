@@ -100,5 +100,6 @@ class StorageContainerNotFound(StorageError):
 
 
 class StorageAuthError(StorageError):
+    # The reason names the driver's own credential options.
     msg_fmt = ("The storage refused our credentials for %(operation)s on "
-               "%(target)s: %(reason)s. Check the user and key options.")
+               "%(target)s: %(reason)s")

@@ -117,7 +117,11 @@ _STANDALONE_MODULES = ['chunkbackup.catalog.api']
 
 def list_opts():
     """Return the options of every group, for oslo-config-generator."""
-    groups = [(ENGINE_GROUP, engine_opts)]
+    # Imported here: the drivers load this module inside cinder-backup,
+    # which needs neither the service nor its catalog.
+    from chunkbackup import service
+
+    groups = [(ENGINE_GROUP, engine_opts), (service.GROUP, service.OPTS)]
     seen = set()
     modules = list(_driver_modules()) + [
         importlib.import_module(name) for name in _STANDALONE_MODULES]
@@ -126,3 +130,21 @@ def list_opts():
             seen.add(module.GROUP)
             groups.append((module.GROUP, module.OPTS))
     return [(group, list(opts)) for group, opts in groups]
+
+
+def validate(conf=CONF) -> None:
+    """Read every option once, so a bad value fails at start-up.
+
+    oslo.config converts values lazily, when they are first read; a wrong
+    type would otherwise surface in the middle of a backup. Raises
+    InvalidConfiguration naming the option.
+    """
+    from chunkbackup import exception
+
+    for group, options in list_opts():
+        for opt in options:
+            try:
+                getattr(conf[group], opt.dest)
+            except (cfg.ConfigFileValueError, ValueError) as e:
+                raise exception.InvalidConfiguration(
+                    reason='[%s] %s: %s' % (group, opt.dest, e))

@@ -286,7 +286,9 @@ def parse_args(argv, conf=CONF):
     # unless --debug asks for everything.
     quiet = [] if conf.debug else ['chunkbackup=WARNING']
     logging.set_defaults(default_log_levels=logging.get_default_log_levels()
-                         + ['alembic=WARNING', 'stevedore=WARNING'] + quiet)
+                         + ['alembic=WARNING', 'stevedore=WARNING',
+                            'botocore=WARNING', 'swiftclient=WARNING',
+                            'google=WARNING'] + quiet)
     logging.setup(conf, 'chunkbackup')
 
 
@@ -300,6 +302,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     args = CONF.command
     try:
+        opts.validate(CONF)
         catalog = api.Catalog()
         session = catalog.session()
         try:

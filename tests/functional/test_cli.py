@@ -299,3 +299,19 @@ def test_defaults_without_a_config_file(tmp_path):
     data = json.loads(cli.run('backup-create', vol, '--format', 'json',
                               config=False).stdout)
     assert (tmp_path / 'elsewhere' / data['container']).is_dir()
+
+
+@pytest.mark.parametrize('config,option', [
+    ('[chunkbackup]\nobjects_in_flight = many\n', 'objects_in_flight'),
+    ('[chunkbackup]\nobjects_in_flight = 0\n', 'objects_in_flight'),
+    ('[chunkbackup]\nrestore_check_md5 = perhaps\n', 'restore_check_md5'),
+    ('[backup_posix]\nobject_size = -5\n', 'object_size'),
+    ('[chunkbackup]\nstorage_retry_backoff = soon\n',
+     'storage_retry_backoff'),
+])
+def test_wrong_option_types_fail_at_start_naming_the_option(tmp_path, config,
+                                                            option):
+    cli = Cli(tmp_path)
+    cli.config.write_text(config)
+    line = cli.fails('backup-list')
+    assert option in line and '[' in line, line
