@@ -1,0 +1,493 @@
+"""The service's decisions: retention, schedules, clean-up, shutdown.
+
+Retention selection is a pure function and is tested on hand-made and
+generated chains; the rest runs on a real SQLite catalog and posix store in
+tmp_path, with stand-in operations where a real backup is not the point.
+"""
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import threading
+import types
+
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from oslo_config import cfg
+from oslo_service import opts as service_opts
+import pytest
+import sqlalchemy as sa
+
+from chunkbackup.catalog import api
+from chunkbackup.catalog import models
+from chunkbackup import jobs
+from chunkbackup import operations
+from chunkbackup import service
+
+CONF = cfg.CONF
+T0 = datetime.datetime(2030, 1, 1)
+
+
+def B(backup_id, parent=None, status='available', t=None):
+    """A backup as retention sees it."""
+    return types.SimpleNamespace(
+        id=backup_id, parent_id=parent, status=status,
+        created_at=T0 + datetime.timedelta(minutes=t))
+
+
+def ids(chains):
+    return [[b.id for b in chain] for chain in chains]
+
+
+# Retention selection ------------------------------------------------------
+
+def test_nothing_expires_until_there_are_more_fulls_than_kept():
+    backups = [B('f1', t=1), B('i1', 'f1', t=2), B('f2', t=3),
+               B('i2', 'f2', t=4)]
+    assert service.expired_chains(backups, 2) == []
+    assert ids(service.expired_chains(backups, 1)) == [['i1', 'f1']]
+
+
+def test_whole_old_chains_go_oldest_first_children_first():
+    backups = [B('f1', t=1), B('i1a', 'f1', t=2), B('i1b', 'i1a', t=3),
+               B('f2', t=4), B('i2', 'f2', t=5), B('f3', t=6),
+               B('i3', 'f3', t=7), B('f4', t=8)]
+    assert ids(service.expired_chains(backups, 2)) == [
+        ['i1b', 'i1a', 'f1'], ['i2', 'f2']]
+    assert ids(service.expired_chains(backups, 3)) == [['i1b', 'i1a', 'f1']]
+
+
+def test_branches_go_before_their_common_parent():
+    backups = [B('f1', t=1), B('a', 'f1', t=2), B('b', 'f1', t=3),
+               B('a2', 'a', t=4), B('f2', t=5)]
+    (chain,) = service.expired_chains(backups, 1)
+    assert [b.id for b in chain] == ['a2', 'b', 'a', 'f1']
+
+
+def test_input_order_does_not_matter():
+    backups = [B('f1', t=1), B('i1', 'f1', t=2), B('f2', t=3),
+               B('f3', t=4)]
+    assert ids(service.expired_chains(list(reversed(backups)), 2)) == [
+        ['i1', 'f1']]
+
+
+def test_only_available_fulls_count_and_error_chains_expire():
+    backups = [B('e0', status='error', t=0), B('f1', t=1),
+               B('i1', 'f1', status='error', t=2), B('f2', t=3),
+               B('e3', status='error', t=4)]
+    # Two available fulls, one kept: the chain of f1 (with its error
+    # incremental) and the older error full go; the newer error full stays.
+    assert ids(service.expired_chains(backups, 1)) == [['e0'], ['i1', 'f1']]
+    assert service.expired_chains(backups, 2) == []
+
+
+def test_a_busy_member_keeps_its_chain():
+    backups = [B('f1', t=1), B('i1', 'f1', status='restoring', t=2),
+               B('f2', t=3), B('i2', 'f2', t=4), B('f3', t=5)]
+    assert ids(service.expired_chains(backups, 1)) == [['i2', 'f2']]
+
+
+def test_the_newest_full_is_kept_even_with_retain_zero():
+    backups = [B('f1', t=1), B('f2', t=2)]
+    assert ids(service.expired_chains(backups, 0)) == [['f1']]
+
+
+def test_a_parent_outside_the_list_roots_the_chain_where_it_stops():
+    backups = [B('i0', 'gone', t=1), B('i1', 'i0', t=2), B('f2', t=3),
+               B('f3', t=4)]
+    assert ids(service.expired_chains(backups, 1)) == [['i1', 'i0'],
+                                                       ['f2']]
+
+
+STATUSES = ['available'] * 6 + ['error', 'creating', 'restoring',
+                                'deleting']
+
+
+@st.composite
+def forests(draw):
+    n = draw(st.integers(1, 14))
+    backups = []
+    for i in range(n):
+        parent = draw(st.one_of(st.none(), st.integers(0, i - 1))) \
+            if i else None
+        backups.append(B('b%d' % i, None if parent is None
+                         else 'b%d' % parent, draw(st.sampled_from(STATUSES)),
+                         t=draw(st.integers(0, 3)) + i * 4))
+    return backups, draw(st.integers(1, 4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(forests())
+def test_retention_properties(case):
+    backups, retain = case
+    by_id = {b.id: b for b in backups}
+    chains = service.expired_chains(backups, retain)
+    doomed = [b for chain in chains for b in chain]
+    assert len(doomed) == len({b.id for b in doomed})
+
+    def root(b):
+        while b.parent_id in by_id:
+            b = by_id[b.parent_id]
+        return b
+    fulls = sorted((b for b in backups
+                    if b.parent_id is None and b.status == 'available'),
+                   key=lambda b: (b.created_at, b.id))
+    kept = fulls[-retain:]
+    if len(fulls) <= retain:
+        assert doomed == []
+        return
+    cutoff = (kept[0].created_at, kept[0].id)
+    for b in doomed:
+        assert b.status not in api.BUSY_STATUSES
+        assert (root(b).created_at, root(b).id) < cutoff
+        assert b.id not in {k.id for k in kept}
+    # Every old chain without a busy member goes, whole.
+    for b in backups:
+        r = root(b)
+        chain = [x for x in backups if root(x) is r]
+        if (r.created_at, r.id) < cutoff and not any(
+                x.status in api.BUSY_STATUSES for x in chain):
+            assert b in doomed
+    # Deleting in the given order never removes a parent before its child.
+    alive = {b.id for b in backups}
+    for b in doomed:
+        assert not [x for x in backups
+                    if x.parent_id == b.id and x.id in alive], b.id
+        alive.discard(b.id)
+
+
+# A real catalog and store -------------------------------------------------
+
+@pytest.fixture
+def catalog(tmp_path, conf):
+    conf('connection', 'sqlite:///%s' % (tmp_path / 'catalog.sqlite'),
+         'database')
+    conf('path', str(tmp_path / 'store'), 'backup_posix')
+    conf('object_size', 64 * 1024, 'backup_posix')
+    conf('driver', 'posix')
+    cat = api.Catalog()
+    yield cat
+    cat.dispose()
+    CONF.clear_override('connection', 'database')
+    CONF.clear_override('driver', 'chunkbackup')
+
+
+@pytest.fixture
+def session(catalog):
+    s = catalog.session()
+    yield s
+    s.close()
+
+
+def _volume(tmp_path, name='disk.img', seed=b'x', size=256 * 1024):
+    path = tmp_path / name
+    path.write_bytes((seed * size)[:size])
+    return str(path)
+
+
+def _objects(tmp_path, record):
+    directory = tmp_path / 'store' / record.container
+    if not directory.is_dir():
+        return []
+    return [n for n in os.listdir(directory)
+            if n.startswith(record.service_metadata)]
+
+
+def test_apply_retention_deletes_records_and_objects(tmp_path, session):
+    volume = _volume(tmp_path)
+    made = []
+    for incremental in (False, True, False, True, False):
+        with open(volume, 'r+b') as f:
+            f.write(os.urandom(4096))
+        made.append(operations.create_backup(session, volume,
+                                             incremental=incremental))
+    f1, i1, f2, i2, f3 = made
+    gone = [(r.id, r.container, r.service_metadata) for r in (i1, f1)]
+    deleted = service.apply_retention(session, f1.volume_id, 2)
+    assert deleted == [i1.id, f1.id]
+    assert [b.id for b in api.list_backups(session)] == [f2.id, i2.id, f3.id]
+    for backup_id, container, prefix in gone:
+        record = types.SimpleNamespace(container=container,
+                                       service_metadata=prefix)
+        assert _objects(tmp_path, record) == []
+    assert _objects(tmp_path, f2)
+
+
+def test_retention_keeps_a_chain_whose_child_cannot_go(tmp_path, session,
+                                                       monkeypatch, caplog):
+    volume = _volume(tmp_path)
+    f1 = operations.create_backup(session, volume)
+    i1 = operations.create_backup(session, volume, incremental=True)
+    f2 = operations.create_backup(session, volume)
+    real = operations.delete_backup
+
+    def failing(s, backup_id):
+        if backup_id == i1.id:
+            raise operations.OperationError(reason='injected')
+        return real(s, backup_id)
+    monkeypatch.setattr(operations, 'delete_backup', failing)
+    assert service.apply_retention(session, f1.volume_id, 1) == []
+    assert {b.id for b in api.list_backups(session)} == {f1.id, i1.id,
+                                                         f2.id}
+    assert 'could not delete backup %s' % i1.id in caplog.text
+
+
+def test_owner_alive():
+    host = socket.gethostname()
+    assert service.owner_alive('%s:%d' % (host, os.getpid()))
+    assert not service.owner_alive('%s:%d' % (host, os.getpid()),
+                                   current_pid=os.getpid())
+    child = subprocess.Popen([sys.executable, '-c', 'pass'])
+    child.wait()
+    assert not service.owner_alive('%s:%d' % (host, child.pid))
+    # Another host cannot be checked; nonsense is not a dead process.
+    assert service.owner_alive('elsewhere.example:%d' % child.pid)
+    assert service.owner_alive('garbage')
+
+
+def test_cleanup_interrupted(tmp_path, session):
+    host = socket.gethostname()
+    child = subprocess.Popen([sys.executable, '-c', 'pass'])
+    child.wait()
+    dead = '%s:%d' % (host, child.pid)
+    live = '%s:%d' % (host, os.getppid())
+    volume = _volume(tmp_path)
+    crashed = operations.create_backup(session, volume)
+    restoring = operations.create_backup(session, volume)
+    busy = operations.create_backup(session, volume)
+    assert _objects(tmp_path, crashed)
+    crashed.status, crashed.owner = api.CREATING, dead
+    restoring.status, restoring.owner = api.RESTORING, dead
+    busy.status, busy.owner = api.CREATING, live
+    session.commit()
+    job = jobs.enqueue(session, 'backup', {'volume': volume})
+    assert jobs.claim(session, dead).id == job.id
+
+    assert service.cleanup_interrupted(session) == [crashed.id]
+    session.expire_all()
+    assert (crashed.status, crashed.owner) == (api.ERROR, None)
+    assert 'interrupted' in crashed.fail_reason
+    assert _objects(tmp_path, crashed) == []
+    assert (restoring.status, restoring.owner) == (api.AVAILABLE, None)
+    assert (busy.status, busy.owner) == (api.CREATING, live)
+    assert _objects(tmp_path, busy)
+    assert session.get(models.Job, job.id).status == jobs.FAILED
+
+
+# Schedules ------------------------------------------------------------------
+
+def _conf(tmp_path, text):
+    path = tmp_path / 'service.conf'
+    path.write_text(text)
+    conf = cfg.ConfigOpts()
+    conf.register_opts(service.OPTS, group=service.GROUP)
+    conf([], default_config_files=[str(path)], default_config_dirs=[])
+    return conf, path
+
+
+def test_config_schedules(tmp_path):
+    conf, _ = _conf(tmp_path, '[schedule:daily]\nvolume = /v/a.img\n'
+                              'interval = 86400\nfull_every = 3\n'
+                              'retain_full = 4\ncontainer = c1\n'
+                              '[schedule:paused]\nvolume = /v/b.img\n'
+                              'interval = 60\nenabled = false\n'
+                              '[schedule:broken]\nvolume = /v/c.img\n'
+                              '[schedule:bad]\nvolume = /v/d.img\n'
+                              'interval = soon\n'
+                              '[other]\nvolume = /v/e.img\ninterval = 1\n')
+    (spec,) = service.config_schedules(conf)
+    assert (spec.name, spec.volume, spec.interval, spec.full_every,
+            spec.retain_full, spec.container) == (
+        'daily', '/v/a.img', 86400, 3, 4, 'c1')
+    assert spec.effective_volume_id == operations.volume_id_for('/v/a.img')
+
+
+def test_config_schedules_follow_a_reload(tmp_path):
+    conf, path = _conf(tmp_path, '[schedule:a]\nvolume = /v/a.img\n'
+                                 'interval = 10\n')
+    assert [s.name for s in service.config_schedules(conf)] == ['a']
+    path.write_text('[schedule:a]\nvolume = /v/a2.img\ninterval = 20\n'
+                    '[schedule:b]\nvolume = /v/b.img\ninterval = 5\n')
+    conf.mutate_config_files()
+    assert [(s.name, s.volume, s.interval)
+            for s in service.config_schedules(conf)] == [
+        ('a', '/v/a2.img', 20), ('b', '/v/b.img', 5)]
+    path.write_text('[schedule:b]\nvolume = /v/b.img\ninterval = 5\n')
+    conf.mutate_config_files()
+    assert [s.name for s in service.config_schedules(conf)] == ['b']
+
+
+def test_shutdown_timeout_leaves_room_for_the_grace_period(tmp_path):
+    conf, _ = _conf(tmp_path, '[backup_service]\n'
+                              'shutdown_grace_period = 100\n')
+    service_opts.register_service_opts(conf)
+    service.ensure_shutdown_timeout(conf)
+    assert conf.graceful_shutdown_timeout == (
+        100 + service.CANCEL_WAIT + service.SHUTDOWN_MARGIN)
+    conf, _ = _conf(tmp_path, '[DEFAULT]\ngraceful_shutdown_timeout = 0\n')
+    service_opts.register_service_opts(conf)
+    service.ensure_shutdown_timeout(conf)
+    assert conf.graceful_shutdown_timeout == 0  # endless stays endless
+
+
+def test_schedule_chooses_full_every_nth(tmp_path, session):
+    volume = _volume(tmp_path)
+    spec = service.ScheduleSpec('s', volume, 1, full_every=3, retain_full=9)
+    svc = service.BackupService()
+    svc.catalog = types.SimpleNamespace(session=lambda: session)
+    kinds = []
+    for _ in range(7):
+        with open(volume, 'r+b') as f:
+            f.write(os.urandom(64))
+        op = service._Operation('test', None)
+        svc._scheduled_backup_runner(spec)(session, op)
+        record = api.get_backup(session, op.backup_id)
+        assert record.display_name == 'schedule:s'
+        kinds.append('I' if record.parent_id else 'F')
+    assert ''.join(kinds) == 'FIIFIIF'
+
+
+def test_catalog_schedules_are_claimed_once(tmp_path, catalog):
+    s1 = catalog.session()
+    s1.add(models.Schedule(name='nightly', volume_path='/v/a.img',
+                           interval_seconds=3600, full_every=7,
+                           retain_full=2, enabled=True,
+                           created_at=models.utcnow()))
+    s1.commit()
+    first, second = service.BackupService(), service.BackupService()
+    for svc in (first, second):
+        svc.catalog = catalog
+    assert [s.name for s in first._due_schedules(s1)] == ['nightly']
+    s2 = catalog.session()
+    # Another service sharing the catalog finds it taken; so does the next
+    # look of the first one, until the interval has passed.
+    assert list(second._due_schedules(s2)) == []
+    assert list(first._due_schedules(s1)) == []
+    s1.execute(sa.update(models.Schedule).values(
+        last_run_at=models.utcnow() - datetime.timedelta(hours=2)))
+    s1.commit()
+    assert [s.name for s in second._due_schedules(s2)] == ['nightly']
+    s1.close()
+    s2.close()
+
+
+# Operations and shutdown ----------------------------------------------------
+
+class _Stand:
+    """Stand-in runners: each waits for its event or a cancel."""
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+        self.release = {}
+        self.started = []
+
+    def runner(self, job_id, honour_cancel=True):
+        release = self.release.setdefault(job_id, threading.Event())
+
+        def run(session, op):
+            record = api.new_backup(session, volume_id='v', driver='posix',
+                                    owner=operations.owner_id())
+            op.backup_id = record.id
+            self.started.append(job_id)
+            while not release.wait(0.02):
+                if honour_cancel:
+                    record.refresh()
+                    if record.status == api.DELETING:
+                        record.status = api.ERROR
+                        record.fail_reason = 'cancelled'
+                        session.commit()
+                        raise service.exception.BackupOperationCancelled(
+                            operation='backup', backup_id=record.id)
+            record.status = api.AVAILABLE
+            record.owner = None
+            session.commit()
+        return run
+
+
+@pytest.fixture
+def running_service(catalog, monkeypatch, conf):
+    conf('poll_interval', 0.05, service.GROUP)
+    conf('max_concurrent_operations', 2, service.GROUP)
+    conf('shutdown_grace_period', 0, service.GROUP)
+    svc = service.BackupService()
+    stand = _Stand(catalog)
+    monkeypatch.setattr(svc, '_job_runner', stand.runner)
+    svc.stand = stand
+    svc.start()
+    yield svc
+    for event in stand.release.values():
+        event.set()
+    svc.stop()
+    for name in ('poll_interval', 'max_concurrent_operations',
+                 'shutdown_grace_period'):
+        CONF.clear_override(name, service.GROUP)
+
+
+def _wait(condition, timeout=20):
+    done = threading.Event()
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+    while datetime.datetime.now() < deadline:
+        if condition():
+            return
+        done.wait(0.02)
+    raise AssertionError('timed out')
+
+
+def test_at_most_max_concurrent_operations(running_service, catalog):
+    session = catalog.session()
+    queued = [jobs.enqueue(session, 'backup', {'volume': '/v'}).id
+              for _ in range(5)]
+    stand = running_service.stand
+    _wait(lambda: len(stand.started) == 2)
+
+    def statuses():
+        session.expire_all()
+        return [session.get(models.Job, j).status for j in queued]
+    # The loop keeps looking; nothing more starts while both slots are
+    # taken.
+    threading.Event().wait(0.3)
+    assert statuses().count(jobs.RUNNING) == 2
+    assert len(stand.started) == 2
+    stand.release[stand.started[0]].set()
+    _wait(lambda: len(stand.started) == 3)
+    assert statuses().count(jobs.RUNNING) == 2
+    assert statuses().count(jobs.DONE) == 1
+    session.close()
+
+
+def test_stop_cancels_after_the_grace_period(running_service, catalog,
+                                             monkeypatch):
+    session = catalog.session()
+    stand = running_service.stand
+    cancellable = jobs.enqueue(session, 'backup', {}).id
+    stuck = jobs.enqueue(session, 'backup', {}).id
+    real = stand.runner
+    monkeypatch.setattr(running_service, '_job_runner',
+                        lambda job_id: real(job_id, job_id != stuck))
+    _wait(lambda: len(stand.started) == 2)
+    monkeypatch.setattr(service, 'CANCEL_WAIT', 0.5)
+    running_service.stop()
+    session.expire_all()
+    ok = session.get(models.Job, cancellable)
+    assert ok.status == jobs.CANCELLED
+    assert 'shutdown_grace_period' in ok.error
+    record = api.get_backup(session, ok.backup_id)
+    assert record.status == api.ERROR
+    assert 'shutdown_grace_period' in record.fail_reason
+    # The one that never stopped: error, job cancelled, and its owner kept
+    # so that the next start removes its objects.
+    job = session.get(models.Job, stuck)
+    assert job.status == jobs.CANCELLED
+    stuck_record = api.get_backup(session, running_service.stragglers[0]
+                                  .backup_id)
+    assert stuck_record.status == api.ERROR
+    assert stuck_record.owner == operations.owner_id()
+    # If it ends after all, it does not rewrite what the shutdown recorded.
+    straggler = running_service.stragglers[0]
+    stand.release[stuck].set()
+    straggler.done.wait(10)
+    session.expire_all()
+    assert session.get(models.Job, stuck).status == jobs.CANCELLED
+    session.close()
