@@ -196,6 +196,43 @@ def cmd_catalog_rebuild(args, session):
          [('id', 'ID'), ('status', 'Status')])
 
 
+def schedule_view(row) -> dict:
+    return {
+        'name': row.name,
+        'volume_path': row.volume_path,
+        'volume_id': row.volume_id,
+        'container': row.container,
+        'interval_seconds': row.interval_seconds,
+        'full_every': row.full_every,
+        'retain_full': row.retain_full,
+        'enabled': row.enabled,
+        'last_run_at': str(row.last_run_at) if row.last_run_at else None,
+    }
+
+
+SCHEDULE_COLUMNS = [('name', 'Name'), ('volume_path', 'Volume'),
+                    ('interval_seconds', 'Interval (s)'),
+                    ('full_every', 'Full Every'),
+                    ('retain_full', 'Retain Full'), ('enabled', 'Enabled'),
+                    ('last_run_at', 'Last Run At')]
+
+
+def cmd_schedule_set(args, session):
+    from chunkbackup import service
+    row = service.set_schedule(
+        session, args.schedule_name, args.volume, args.interval,
+        full_every=args.full_every, retain_full=args.retain_full,
+        container=args.container, volume_id=args.volume_id,
+        enabled=not args.disabled)
+    emit(args, schedule_view(row))
+
+
+def cmd_schedule_list(args, session):
+    from chunkbackup import service
+    emit(args, [schedule_view(r) for r in service.list_schedules(session)],
+         SCHEDULE_COLUMNS)
+
+
 def _add_format(parser):
     parser.add_argument('--format', choices=('table', 'json'),
                         default='table',
@@ -259,6 +296,30 @@ def add_command_parsers(subparsers):
     p = command('catalog-rebuild', cmd_catalog_rebuild,
                 'Record the backups the store holds that the catalog lacks.')
     p.add_argument('--container', help='only this container')
+
+    p = command('schedule-set', cmd_schedule_set,
+                'Create or change a schedule that chunkbackup-backup runs.')
+    # (args.name is the command's own name.)
+    p.add_argument('schedule_name', metavar='name')
+    p.add_argument('volume', help='file or block device to back up')
+    p.add_argument('--interval', type=int, required=True,
+                   help='seconds between backups')
+    p.add_argument('--full-every', dest='full_every', type=int, default=7,
+                   help='every Nth backup of a chain is full (default 7)')
+    p.add_argument('--retain-full', dest='retain_full', type=int,
+                   default=2,
+                   help='chains to keep, counted by full backups (default '
+                        '2); older ones are deleted after each run')
+    p.add_argument('--container', help='container (bucket, directory) to '
+                                       'store the backups in')
+    p.add_argument('--volume-id', dest='volume_id',
+                   help='volume id (default: a stable id of the path)')
+    p.add_argument('--disabled', action='store_true',
+                   help='keep the schedule but do not run it')
+
+    command('schedule-list', cmd_schedule_list,
+            'List the schedules kept in the catalog (the [schedule:NAME] '
+            'sections of the configuration are not listed).')
 
 
 def register_cli_opts(conf=CONF):

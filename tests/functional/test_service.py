@@ -450,3 +450,35 @@ def test_startup_cleans_up_after_a_crash(tmp_path, services):
     latest = catalog.backup(done['backup_id'])
     assert latest['parent_id'] == good['id']
     assert restore(config, tmp_path, latest['id']) == data
+
+
+def test_catalog_schedule_from_the_cli(tmp_path, services):
+    """A schedule kept in the catalog (chunkbackup schedule-set) runs too."""
+    store = str(tmp_path / 'store')
+    volume = tmp_path / 'disk.img'
+    data = _make_volume(volume, seed=5, size=256 * 1024)
+    config = write_config(tmp_path, 'eventlet')
+    catalog = Catalog(tmp_path / 'catalog.sqlite')
+    cli(config, 'schedule-set', 'nightly', str(volume), '--interval', '1',
+        '--full-every', '1', '--retain-full', '1')
+    service = services(config, tmp_path / 'service.log')
+    seen = {}
+
+    def two_runs_and_a_retention():
+        rows = catalog.backups()
+        for row in rows:
+            seen[row['id']] = row
+        return len(seen) >= 2 and len(rows) < len(seen)
+    wait_for(two_runs_and_a_retention, 'two scheduled runs', service)
+    assert service.terminate() == 0, service.output()
+    rows = catalog.backups()
+    assert len(rows) == 1, rows
+    (kept,) = rows
+    assert kept['display_name'] == 'schedule:nightly'
+    assert kept['parent_id'] is None and kept['status'] == 'available'
+    for backup_id, record in seen.items():
+        if backup_id != kept['id']:
+            assert objects_of(store, record) == []
+    (schedule,) = cli(config, 'schedule-list')
+    assert schedule['name'] == 'nightly' and schedule['last_run_at']
+    assert restore(config, tmp_path, kept['id']) == data
