@@ -79,7 +79,11 @@ OPTS = [
                  mutable=True,
                  help='Seconds between looks at the job queue and the '
                       'schedules. A finished operation also starts the next '
-                      'look at once.'),
+                      'look at once. Schedules are [schedule:NAME] sections '
+                      '(options volume, interval in seconds, full_every, '
+                      'retain_full, and optionally container, volume_id, '
+                      'enabled) and the catalog\'s schedules (chunkbackup '
+                      'schedule-set).'),
     cfg.IntOpt('shutdown_grace_period',
                default=60,
                min=0,
@@ -156,13 +160,19 @@ def ensure_shutdown_timeout(conf=CONF) -> None:
     needed = (conf[GROUP].shutdown_grace_period + CANCEL_WAIT +
               SHUTDOWN_MARGIN)
     current = conf.graceful_shutdown_timeout
-    if current and current < needed:
-        LOG.warning('[DEFAULT] graceful_shutdown_timeout = %(cur)d is '
-                    'shorter than [%(g)s] shutdown_grace_period + %(c)d s '
-                    'of cancellation + %(m)d s; using %(new)d.',
-                    {'cur': current, 'g': GROUP, 'c': CANCEL_WAIT,
-                     'm': SHUTDOWN_MARGIN, 'new': needed})
-        conf.set_override('graceful_shutdown_timeout', needed)
+    if not current or current >= needed:
+        return
+    location = conf.get_location('graceful_shutdown_timeout')
+    if location is None or not location.location.is_user_controlled:
+        # oslo.service's default: ours follows from the grace period.
+        conf.set_default('graceful_shutdown_timeout', needed)
+        return
+    LOG.warning('[DEFAULT] graceful_shutdown_timeout = %(cur)d is shorter '
+                'than [%(g)s] shutdown_grace_period + %(c)d s of '
+                'cancellation + %(m)d s; using %(new)d.',
+                {'cur': current, 'g': GROUP, 'c': CANCEL_WAIT,
+                 'm': SHUTDOWN_MARGIN, 'new': needed})
+    conf.set_override('graceful_shutdown_timeout', needed)
 
 
 # Schedules. ---------------------------------------------------------------

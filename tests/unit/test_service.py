@@ -319,13 +319,23 @@ def test_config_schedules_follow_a_reload(tmp_path):
     assert [s.name for s in service.config_schedules(conf)] == ['b']
 
 
-def test_shutdown_timeout_leaves_room_for_the_grace_period(tmp_path):
+def test_shutdown_timeout_leaves_room_for_the_grace_period(tmp_path,
+                                                           caplog):
+    needed = 100 + service.CANCEL_WAIT + service.SHUTDOWN_MARGIN
     conf, _ = _conf(tmp_path, '[backup_service]\n'
                               'shutdown_grace_period = 100\n')
     service_opts.register_service_opts(conf)
     service.ensure_shutdown_timeout(conf)
-    assert conf.graceful_shutdown_timeout == (
-        100 + service.CANCEL_WAIT + service.SHUTDOWN_MARGIN)
+    assert conf.graceful_shutdown_timeout == needed
+    assert 'graceful_shutdown_timeout' not in caplog.text
+    # A value the operator chose is raised, with a warning.
+    conf, _ = _conf(tmp_path, '[DEFAULT]\ngraceful_shutdown_timeout = 20\n'
+                              '[backup_service]\n'
+                              'shutdown_grace_period = 100\n')
+    service_opts.register_service_opts(conf)
+    service.ensure_shutdown_timeout(conf)
+    assert conf.graceful_shutdown_timeout == needed
+    assert 'graceful_shutdown_timeout = 20 is shorter' in caplog.text
     conf, _ = _conf(tmp_path, '[DEFAULT]\ngraceful_shutdown_timeout = 0\n')
     service_opts.register_service_opts(conf)
     service.ensure_shutdown_timeout(conf)
