@@ -224,11 +224,15 @@ def config_schedules(conf=CONF) -> List[ScheduleSpec]:
         if not values['enabled']:
             LOG.info('Schedule %s is disabled.', name)
             continue
+        if not values['volume'] and not values['interval']:
+            # Also a section that a reload removed: oslo.config still lists
+            # it, with no values.
+            LOG.info('[%s] sets neither volume nor interval: no schedule.',
+                     section)
+            continue
         if not values['volume'] or not values['interval']:
-            # A section removed by a reload also ends here: oslo.config
-            # still lists it, with no values.
-            LOG.warning('[%s] is ignored: it needs volume and interval.',
-                        section)
+            LOG.warning('[%s] is ignored: it needs both volume and '
+                        'interval.', section)
             continue
         specs.append(ScheduleSpec(
             name=name, volume=os.path.abspath(values['volume']),
