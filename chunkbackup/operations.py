@@ -19,12 +19,14 @@ from typing import Callable, List, Optional
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import importutils
+import sqlalchemy as sa
 from stevedore import driver as stevedore_driver
 
 from chunkbackup import backupformat as fmt
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
 from chunkbackup import exception
+from chunkbackup import jobs
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -399,3 +401,124 @@ def rebuild_catalog(session, container: Optional[str] = None) -> List[str]:
         add(backup_id)
     session.commit()
     return added
+
+
+# Records left behind by processes that are gone. ---------------------------
+
+def owner_alive(owner: str, current_pid: Optional[int] = None) -> bool:
+    """Whether the process named by an ``owner`` column ('host:pid') runs.
+
+    A process on another host cannot be checked: it counts as alive.
+    ``current_pid`` (this process, at its start) counts as gone: it has no
+    operations yet, so a record naming it is left from an earlier process
+    with the same pid.
+    """
+    host, _, pid = (owner or '').rpartition(':')
+    try:
+        pid = int(pid)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    if pid == current_pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_interrupted(session, current_pid: Optional[int] = None
+                        ) -> List[str]:
+    """Clean up what processes that no longer exist left unfinished.
+
+    Backups they were creating or deleting (or that a shutdown had to give
+    up on) end ``error`` with their objects deleted; backups they were
+    restoring are ``available`` again; their running jobs end ``failed``.
+    Returns the ids of the backups set to error.
+    """
+    cleaned = []
+    records = list(session.scalars(
+        sa.select(models.Backup).where(models.Backup.owner.isnot(None))))
+    for record in records:
+        if owner_alive(record.owner, current_pid):
+            continue
+        owner = record.owner
+        if record.status == api.RESTORING:
+            LOG.warning('Backup %(id)s was being restored by %(o)s, which '
+                        'is gone; it is available again (check the restore '
+                        'target).', {'id': record.id, 'o': owner})
+            record.status = api.AVAILABLE
+            record.owner = None
+            session.commit()
+            continue
+        if record.status == api.AVAILABLE:
+            record.owner = None
+            session.commit()
+            continue
+        LOG.warning('Backup %(id)s was %(st)s by %(o)s, which is gone; '
+                    'removing its objects and setting it to error.',
+                    {'id': record.id, 'st': record.status, 'o': owner})
+        if record.status != api.ERROR or not record.fail_reason:
+            record.fail_reason = ('interrupted: %s stopped while the backup '
+                                  'was %s' % (owner, record.status))
+        record.status = api.ERROR
+        session.commit()
+        try:
+            if record.container and record.service_metadata:
+                driver = load_driver(record.driver)
+                driver.delete_objects(record.container,
+                                      record.service_metadata)
+        except Exception as e:
+            # The owner stays: the next start tries again.
+            LOG.error('Could not remove the objects of backup %(id)s '
+                      '(%(err)s); the next start tries again.',
+                      {'id': record.id, 'err': getattr(e, 'msg', None) or e})
+            session.rollback()
+        else:
+            record.owner = None
+            session.commit()
+        cleaned.append(record.id)
+    stale_jobs = list(session.scalars(
+        sa.select(models.Job).where(models.Job.status == jobs.RUNNING)))
+    for job in stale_jobs:
+        if job.owner and owner_alive(job.owner, current_pid):
+            continue
+        LOG.warning('Job %(id)s was run by %(o)s, which is gone; it failed.',
+                    {'id': job.id, 'o': job.owner})
+        jobs.finish(session, job, jobs.FAILED,
+                    error='interrupted: %s stopped before the job finished'
+                          % job.owner)
+    cleaned.extend(_remove_leftovers_of_failed(session, set(cleaned)))
+    return cleaned
+
+
+def _remove_leftovers_of_failed(session, done) -> List[str]:
+    """Objects of failed backups whose own clean-up could not finish.
+
+    A failed backup removes what it wrote; when the store failed too, the
+    objects stay (never complete, never a parent) until this finds them.
+    """
+    removed = []
+    failed = session.scalars(sa.select(models.Backup).where(
+        models.Backup.status == api.ERROR,
+        models.Backup.container.isnot(None),
+        models.Backup.service_metadata.isnot(None)))
+    for record in list(failed):
+        if record.id in done:
+            continue
+        try:
+            driver = load_driver(record.driver)
+            if driver.delete_objects(record.container,
+                                     record.service_metadata):
+                LOG.warning('Removed the leftover objects of failed backup '
+                            '%s.', record.id)
+                removed.append(record.id)
+        except Exception as e:
+            LOG.error('Could not remove the objects of failed backup '
+                      '%(id)s: %(err)s', {'id': record.id,
+                                          'err': getattr(e, 'msg', e)})
+    return removed

@@ -233,6 +233,13 @@ def cmd_schedule_list(args, session):
          SCHEDULE_COLUMNS)
 
 
+def cmd_cleanup(args, session):
+    cleaned = operations.cleanup_interrupted(session)
+    emit(args, [{'id': i, 'status': 'error', 'objects': 'removed'}
+                for i in cleaned],
+         [('id', 'ID'), ('status', 'Status'), ('objects', 'Objects')])
+
+
 def _add_format(parser):
     parser.add_argument('--format', choices=('table', 'json'),
                         default='table',
@@ -293,6 +300,11 @@ def add_command_parsers(subparsers):
                         'cinder.backup.drivers.posix.PosixBackupDriver')
     p.add_argument('backup_url')
 
+    command('cleanup', cmd_cleanup,
+            'Finish what interrupted processes left: backups they were '
+            'making end error with their objects removed, restores they '
+            'ran release their backup.')
+
     p = command('catalog-rebuild', cmd_catalog_rebuild,
                 'Record the backups the store holds that the catalog lacks.')
     p.add_argument('--container', help='only this container')
@@ -327,6 +339,9 @@ def register_cli_opts(conf=CONF):
         'command', title='Commands', handler=add_command_parsers,
         help='run "chunkbackup COMMAND --help" for a command\'s options'))
     logging.register_options(conf)
+    # stdout carries the command's result (JSON for scripts); logs go to
+    # stderr, even with --debug.
+    conf.set_default('use_stderr', True)
 
 
 def _one_line_errors():
