@@ -226,6 +226,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     """
 
     DRIVER_VERSION = fmt.VERSION
+    # A backup whose status turns to deleting stops and removes its objects.
+    support_force_delete = True
 
     def __init__(self, context, object_size: int, object_size_option: str,
                  db=None):
@@ -246,8 +248,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         self.incremental_merge_gap = conf.incremental_merge_gap
         self.restore_check_md5 = conf.restore_check_md5
         self.cancel_check_interval = conf.cancel_check_interval
-        self.progress_listeners: List[progress.ProgressListener] = [
-            progress.LogListener()]
+        self.progress_listeners: List[progress.ProgressListener] = \
+            self.default_progress_listeners()
         self._store: Optional[storage.ObjectStore] = None
         # Set by chunkbackup.faults.install() in tests.
         self.fault_injector = None
@@ -346,7 +348,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             if now - last[0] < self.cancel_check_interval:
                 return
             last[0] = now
-            backup.refresh()
+            self.refresh_backup(backup)
             status = getattr(backup, 'status', None)
             if operation == 'backup':
                 if status in CANCEL_BACKUP_STATUSES:
@@ -447,7 +449,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     # ------------------------------------------------------------------
     # Backup.
 
-    def backup(self, backup, volume_file, backup_metadata=False):
+    def backup(self, backup, volume_file, backup_metadata=True):
         check_safe_id('backup id', backup.id)
         check_safe_id('volume id', backup.volume_id)
         volume_size = volume_size_of(volume_file)
@@ -473,6 +475,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             self.flush_container(container)
             self._write_documents(backup, container, prefix, entries,
                                   digests, volume_meta, extra_metadata)
+        except exception.BackupOperationCancelled as e:
+            LOG.warning('Backup %(id)s was cancelled; removing the objects '
+                        'it wrote.', {'id': backup.id})
+            self._delete_objects_quietly(container, prefix)
+            return self.backup_cancelled(backup, e)
         except BaseException as e:
             LOG.error('Backup %(id)s failed (%(err)s); removing the objects '
                       'it wrote.', {'id': backup.id, 'err': e})
@@ -722,9 +729,15 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     def restore(self, backup, volume_id, volume_file, volume_is_new=False):
         plan = self.plan_restore(backup)
         sink = _VolumeSink(volume_file, self._zeros.piece)
-        self._execute_plan(backup, plan, sink, 'restore',
-                           check_md5=self.restore_check_md5,
-                           skip_zero=volume_is_new)
+        try:
+            self._execute_plan(backup, plan, sink, 'restore',
+                               check_md5=self.restore_check_md5,
+                               skip_zero=volume_is_new)
+        except exception.BackupRestoreCancel as e:
+            error = self.restore_cancelled(backup, volume_id, e)
+            if error is e:
+                raise
+            raise error from e
         volume_meta = next((layer.metadata.volume_meta
                             for layer in reversed(plan.chain)
                             if layer.metadata.volume_meta), None)

@@ -1,0 +1,160 @@
+"""What a driver does differently when cinder-backup runs it.
+
+Nothing here imports Cinder when this module loads: chunkbackup runs
+without Cinder installed. ``for_driver(context, db)`` is asked once, when a
+driver is constructed. It answers None (standalone) unless the driver was
+constructed by Cinder: a ``db`` was given, or the context is a Cinder
+``RequestContext`` (cinder-backup's manager constructs drivers as
+``Driver(context)``). Only then are Cinder's modules imported, and they are
+loaded already in that process.
+
+Inside cinder-backup (Cinder 29):
+
+- Volume metadata is Cinder's backup metadata JSON (``version`` from
+  ``backup_metadata_version``, 2 by default: volume base, volume and Glance
+  metadata), produced and applied by Cinder's own ``BackupMetadataAPI``, so
+  a restored volume gets back its name, description and metadata as with
+  Cinder's drivers.
+- Backup progress goes out as ``backup.createprogress`` notifications with
+  ``backup_percent``, every ``backup_object_number_per_notification``
+  objects or ``backup_timer_interval`` seconds (Cinder's options), and a
+  last one at 100%.
+- A cancelled restore raises ``cinder.exception.BackupRestoreCancel``, the
+  class the manager catches. A backup whose status turned to deleting stops,
+  removes what it wrote and returns: the manager reports it aborted.
+- Backups are refreshed with deleted rows visible, so a backup deleted
+  while it was being written reads as deleted instead of failing.
+"""
+import sys
+import time
+from typing import Any, Optional
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from chunkbackup import progress
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+
+def _is_cinder_context(context: Any) -> bool:
+    # Look the class up without importing Cinder: a process where Cinder
+    # made the context has cinder.context loaded already.
+    module = sys.modules.get('cinder.context')
+    return (module is not None and context is not None and
+            isinstance(context, module.RequestContext))
+
+
+def for_driver(context: Any, db: Any = None) -> 'Optional[CinderSupport]':
+    """Cinder support for a driver constructed with these, or None."""
+    if db is None and not _is_cinder_context(context):
+        return None
+    return CinderSupport(context, db)
+
+
+class CinderSupport:
+    """Cinder's behaviour for one driver instance (one request context)."""
+
+    def __init__(self, context: Any, db: Any = None):
+        from cinder import exception as cinder_exception
+
+        self.context = context
+        self.db = db
+        self.exception = cinder_exception
+        self._metadata_api = None
+
+    # Volume metadata ----------------------------------------------------
+
+    @property
+    def metadata_api(self):
+        if self._metadata_api is None:
+            from cinder.backup import driver as cinder_driver
+
+            self._metadata_api = cinder_driver.BackupMetadataAPI(self.context)
+            if self.db is not None:
+                self._metadata_api.db = self.db
+        return self._metadata_api
+
+    def get_metadata(self, volume_id: str) -> Optional[str]:
+        return self.metadata_api.get(volume_id)
+
+    def put_metadata(self, volume_id: str, json_metadata: str) -> None:
+        try:
+            self.metadata_api.put(volume_id, json_metadata)
+        except self.exception.BackupMetadataUnsupportedVersion as e:
+            # What Cinder's chunked drivers raise here, with the reason.
+            raise self.exception.BackupOperationError(
+                'The volume metadata in the backup cannot be applied to '
+                'volume %s: %s. Restore it with the Cinder release that '
+                'wrote it.' % (volume_id, e))
+
+    # Status ---------------------------------------------------------------
+
+    @staticmethod
+    def refresh(backup) -> None:
+        with backup.as_read_deleted():
+            backup.refresh()
+
+    def restore_cancelled(self, backup, volume_id: str) -> Exception:
+        return self.exception.BackupRestoreCancel(back_id=backup.id,
+                                                  vol_id=volume_id)
+
+    # Progress -------------------------------------------------------------
+
+    def progress_listener(self) -> progress.ProgressListener:
+        return CreateProgressNotifier(self.context)
+
+
+class CreateProgressNotifier(progress.ProgressListener):
+    """Cinder's ``backup.createprogress`` notifications, for backups only.
+
+    One every ``backup_object_number_per_notification`` objects (one
+    progress step of the engine is one object-size piece of the volume) or
+    every ``backup_timer_interval`` seconds, whichever comes first, and one
+    at 100% when the data is stored, as Cinder's chunked drivers send them.
+    """
+
+    def __init__(self, context: Any):
+        from cinder.backup import driver as cinder_driver  # noqa: F401
+        from cinder.volume import volume_utils
+
+        self.context = context
+        self._notify = volume_utils.notify_about_backup_usage
+        self.every_objects = max(1, CONF.backup_object_number_per_notification)
+        self.interval = CONF.backup_timer_interval
+        self._steps = 0
+        self._last = 0.0
+        self._warned = False
+
+    def _send(self, backup, percent: float) -> None:
+        try:
+            self._notify(self.context, backup, 'createprogress',
+                         extra_usage_info={'backup_percent': percent})
+        except Exception as e:
+            # A notification bus problem must not fail the backup.
+            if not self._warned:
+                self._warned = True
+                LOG.warning('Could not send the progress notification of '
+                            'backup %(id)s: %(err)s',
+                            {'id': backup.id, 'err': e})
+
+    def started(self, operation, backup, total_bytes):
+        self._steps = 0
+        self._last = time.monotonic()
+
+    def advanced(self, operation, backup, done_bytes, total_bytes):
+        if operation != 'backup':
+            return
+        self._steps += 1
+        now = time.monotonic()
+        if self._steps < self.every_objects and \
+                now - self._last < self.interval:
+            return
+        self._steps = 0
+        self._last = now
+        self._send(backup, 100.0 * done_bytes / max(total_bytes, 1))
+
+    def finished(self, operation, backup, done_bytes, ok):
+        if operation == 'backup' and ok:
+            self._send(backup, 100)
