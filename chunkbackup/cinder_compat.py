@@ -93,7 +93,11 @@ class CinderSupport:
 
     @staticmethod
     def refresh(backup) -> None:
-        with backup.as_read_deleted():
+        read_deleted = getattr(backup, 'as_read_deleted', None)
+        if read_deleted is None:  # not a Cinder object
+            backup.refresh()
+            return
+        with read_deleted():
             backup.refresh()
 
     def restore_cancelled(self, backup, volume_id: str) -> Exception:
