@@ -463,6 +463,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         backup.service_metadata = prefix
         backup.size = max(1, math.ceil(volume_size / GiB))
         backup.save()
+        LOG.debug('Backup %(id)s of volume %(vol)s (%(size)d bytes): '
+                  'container %(c)s, prefix %(p)s, parent %(parent)s.',
+                  {'id': backup.id, 'vol': backup.volume_id,
+                   'size': volume_size, 'c': container, 'p': prefix,
+                   'parent': backup.parent_id})
         self.store.ensure_container(container)
         extra_metadata = self.get_extra_metadata(
             backup, {'id': backup.volume_id, 'size': backup.size})
@@ -696,6 +701,14 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                 plan.zero_runs.extend(fetch.pieces)
             else:
                 plan.fetches.append(fetch)
+        LOG.debug('Restore plan of backup %(id)s: %(size)d bytes from a '
+                  'chain of %(n)d, %(f)d objects to fetch of %(all)d, '
+                  '%(z)d zero ranges.',
+                  {'id': backup.id, 'size': size, 'n': len(chain),
+                   'f': len(plan.fetches),
+                   'all': sum(len(layer.metadata.objects)
+                              for layer in chain),
+                   'z': len(plan.zero_runs)})
         return plan
 
     @staticmethod

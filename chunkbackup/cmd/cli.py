@@ -366,6 +366,9 @@ def parse_args(argv, conf=CONF):
                             'botocore=WARNING', 'swiftclient=WARNING',
                             'google=WARNING'] + quiet)
     logging.setup(conf, 'chunkbackup')
+    if conf.debug:
+        # Secret options are masked by oslo.config.
+        conf.log_opt_values(LOG, logging.DEBUG)
 
 
 def main(argv=None) -> int:
