@@ -143,11 +143,15 @@ def list_backups(session: orm.Session,
 
 def latest_available(session: orm.Session, volume_id: str,
                      driver: str) -> Optional[models.Backup]:
-    """The newest available backup of a volume: Cinder's parent choice."""
+    """The newest complete backup of a volume: Cinder's parent choice.
+
+    A backup being restored is complete and unchanged by the restore, so
+    it can be a parent while the restore runs.
+    """
     query = (sa.select(models.Backup)
              .where(models.Backup.volume_id == volume_id,
                     models.Backup.driver == driver,
-                    models.Backup.status == AVAILABLE)
+                    models.Backup.status.in_((AVAILABLE, RESTORING)))
              .order_by(models.Backup.created_at.desc(),
                        models.Backup.updated_at.desc())
              .limit(1))
