@@ -185,7 +185,7 @@ def cmd_backup_export(args, session):
 
 
 def cmd_backup_import(args, session):
-    record = operations.import_backup(session, args.backup_service,
+    record = operations.import_backup(session, args.exporter_service,
                                       args.backup_url)
     emit(args, backup_view(record))
 
@@ -295,7 +295,9 @@ def add_command_parsers(subparsers):
 
     p = command('backup-import', cmd_backup_import,
                 'Record a backup exported by chunkbackup or cinder.')
-    p.add_argument('backup_service',
+    # dest differs from the [backup_service] group: oslo.config keeps
+    # sub-command arguments and groups in one namespace.
+    p.add_argument('exporter_service', metavar='backup_service',
                    help='the exporter\'s backup_service, e.g. '
                         'cinder.backup.drivers.posix.PosixBackupDriver')
     p.add_argument('backup_url')
