@@ -116,6 +116,7 @@ def create_backup(session, volume: str, *, incremental: bool = False,
     with volume_file:
         volume_id = volume_id or volume_id_for(path)
         driver = load_driver()
+        driver.check_for_setup_error()
         dname = driver_name()
         parent = None
         if incremental:

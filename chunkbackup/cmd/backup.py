@@ -135,7 +135,9 @@ def _run(argv) -> int:
     try:
         opts.validate(conf)
         api.Catalog().dispose()
-        operations.load_driver()
+        # A wrong endpoint or credentials: one line now, not a failed
+        # backup at the first schedule.
+        operations.load_driver().check_for_setup_error()
     except exception.ChunkBackupError as e:
         sys.stderr.write('%s: error: %s\n' % (PROG, e.msg))
         return EXIT_FAILURE

@@ -108,10 +108,16 @@ class TerminalProgress(progress.ProgressListener):
         self.bar = None
 
     def started(self, operation, backup, total_bytes):
+        import shutil
+
         import tqdm
+        # A terminal that reports no size (some ptys, serial consoles)
+        # gets 80x24: tqdm would otherwise draw nothing at all.
+        size = shutil.get_terminal_size()
         self.bar = tqdm.tqdm(total=total_bytes, unit='B', unit_scale=True,
                              unit_divisor=1024, desc=operation,
-                             file=sys.stderr, dynamic_ncols=True, leave=True)
+                             file=sys.stderr, ncols=size.columns,
+                             nrows=size.lines, leave=True)
 
     def advanced(self, operation, backup, done_bytes, total_bytes):
         if self.bar is not None:

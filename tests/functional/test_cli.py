@@ -1,6 +1,7 @@
 """The chunkbackup command end to end: real processes, real files, and the
 catalog on SQLite, PostgreSQL and MariaDB."""
 import json
+import os
 import uuid
 
 import pytest
@@ -268,3 +269,43 @@ def test_wrong_option_types_fail_at_start_naming_the_option(tmp_path, config,
     cli.config.write_text(config)
     line = cli.fails('backup-list')
     assert option in line and '[' in line, line
+
+
+def _run_on_terminal(cli, *args):
+    """Run with stderr on a pseudo-terminal; return what it showed."""
+    import pty
+    import subprocess
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cli.command(*args), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave,
+                            env=cli.env())
+    os.close(slave)
+    shown = b''
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    proc.stdout.read()
+    assert proc.wait() == 0, shown
+    return shown.decode('utf-8', 'replace')
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    cli = Cli(tmp_path)
+    vol = str(tmp_path / 'disk.img')
+    volumes.write_volume(vol, 8 * MiB, 'mixed', seed=9, region_size=65536)
+    quiet = cli.run('backup-create', vol)
+    assert quiet.stderr == ''  # not a terminal: no bar, no log lines
+    shown = _run_on_terminal(cli, 'backup-create', vol)
+    # tqdm's bar: the operation, 100%, bytes done, rate and ETA.
+    assert 'backup' in shown and '100%' in shown, shown
+    assert '8.00M/8.00M' in shown and 'B/s]' in shown and '<' in shown
+    backup_id = cli.json('backup-list')[-1]['id']
+    shown = _run_on_terminal(cli, 'backup-restore', backup_id,
+                             str(tmp_path / 'out'))
+    assert 'restore' in shown and '100%' in shown, shown
