@@ -33,6 +33,7 @@ import urllib3
 
 from chunkbackup import chunked
 from chunkbackup import exception
+from chunkbackup import objectio
 from chunkbackup import storage
 
 CONF = cfg.CONF
@@ -143,46 +144,6 @@ def _md5_base64(body) -> str:
     # Not for security: GCS checks the body against it.
     return base64.b64encode(
         hashlib.md5(body, usedforsecurity=False).digest()).decode('ascii')
-
-
-class _ObjectWriter:
-    """Collects the body and uploads it whole on a clean exit."""
-
-    def __init__(self, driver: 'GoogleBackupDriver', bucket: str, name: str):
-        self.driver = driver
-        self.bucket = bucket
-        self.name = name
-        self.parts = []
-
-    def __enter__(self):
-        return self
-
-    def write(self, data) -> None:
-        self.parts.append(data)
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            body = (self.parts[0] if len(self.parts) == 1
-                    else b''.join(self.parts))
-            self.parts = []
-            self.driver._upload(self.bucket, self.name, body)
-        return False
-
-
-class _ObjectReader:
-    def __init__(self, driver: 'GoogleBackupDriver', bucket: str, name: str):
-        self.driver = driver
-        self.bucket = bucket
-        self.name = name
-
-    def __enter__(self):
-        return self
-
-    def read(self) -> bytes:
-        return self.driver._download(self.bucket, self.name)
-
-    def __exit__(self, exc_type, exc, tb):
-        return False
 
 
 class GoogleBackupDriver(chunked.ChunkedBackupDriver):
@@ -407,10 +368,12 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
             return [blob.name for blob in blobs]
 
     def get_object_writer(self, container, object_name, extra_metadata=None):
-        return _ObjectWriter(self, container, object_name)
+        return objectio.BufferedWriter(
+            lambda body: self._upload(container, object_name, body))
 
     def get_object_reader(self, container, object_name, extra_metadata=None):
-        return _ObjectReader(self, container, object_name)
+        return objectio.Reader(
+            lambda: self._download(container, object_name))
 
     def delete_object(self, container: str, object_name: str) -> None:
         with self._errors('delete', container, object_name):

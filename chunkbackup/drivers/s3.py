@@ -30,6 +30,7 @@ from oslo_log import log as logging
 from chunkbackup import chunked
 from chunkbackup import exception
 from chunkbackup import names
+from chunkbackup import objectio
 from chunkbackup import storage
 
 CONF = cfg.CONF
@@ -285,49 +286,6 @@ def decode_sse_customer_key(value: str) -> bytes:
         reason='[%s] sse_customer_key must be a 256-bit key: 32 bytes, '
                'raw or base64-encoded (44 characters); the value set is '
                'neither' % GROUP)
-
-
-class _ObjectWriter:
-    """Collects the body; uploads it on a clean exit, and only then."""
-
-    def __init__(self, driver: 'S3BackupDriver', bucket: str, key: str):
-        self._driver = driver
-        self._bucket = bucket
-        self._key = key
-        self._chunks = []
-
-    def __enter__(self):
-        return self
-
-    def write(self, data) -> None:
-        # Keep a copy of mutable buffers: the caller may reuse them.
-        self._chunks.append(data if isinstance(data, bytes) else bytes(data))
-
-    def __exit__(self, exc_type, exc, tb):
-        chunks, self._chunks = self._chunks, []
-        if exc_type is None:
-            if len(chunks) == 1 and isinstance(chunks[0], bytes):
-                body = chunks[0]  # the engine's case: no copy
-            else:
-                body = b''.join(chunks)
-            self._driver._upload(self._bucket, self._key, body)
-        return False
-
-
-class _ObjectReader:
-    def __init__(self, driver: 'S3BackupDriver', bucket: str, key: str):
-        self._driver = driver
-        self._bucket = bucket
-        self._key = key
-
-    def __enter__(self):
-        return self
-
-    def read(self) -> bytes:
-        return self._driver._download(self._bucket, self._key)
-
-    def __exit__(self, exc_type, exc, tb):
-        return False
 
 
 class S3BackupDriver(chunked.ChunkedBackupDriver):
@@ -669,10 +627,12 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
         return keys
 
     def get_object_writer(self, container, object_name, extra_metadata=None):
-        return _ObjectWriter(self, container, object_name)
+        return objectio.BufferedWriter(
+            lambda body: self._upload(container, object_name, body))
 
     def get_object_reader(self, container, object_name, extra_metadata=None):
-        return _ObjectReader(self, container, object_name)
+        return objectio.Reader(
+            lambda: self._download(container, object_name))
 
     def delete_object(self, container: str, object_name: str) -> None:
         # S3 answers 204 for a missing key too: deleting is idempotent.

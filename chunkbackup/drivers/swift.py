@@ -31,6 +31,7 @@ from swiftclient import exceptions as swift_exc
 
 from chunkbackup import chunked
 from chunkbackup import exception
+from chunkbackup import objectio
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -133,51 +134,6 @@ def _md5_hex(data) -> str:
 
 def _status(exc: BaseException) -> Optional[int]:
     return getattr(exc, 'http_status', None)
-
-
-class _ObjectWriter:
-    """Collects the body; one PUT with its MD5 on a clean exit."""
-
-    def __init__(self, driver: 'SwiftBackupDriver', container: str,
-                 name: str):
-        self.driver = driver
-        self.container = container
-        self.name = name
-        self.parts = []
-
-    def __enter__(self):
-        return self
-
-    def write(self, data) -> None:
-        self.parts.append(data)
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            body = (self.parts[0] if len(self.parts) == 1
-                    else b''.join(self.parts))
-            if not isinstance(body, bytes):
-                body = bytes(body)  # a memoryview is no request body
-            self.driver._put_object(self.container, self.name, body)
-        return False
-
-
-class _ObjectReader:
-    def __init__(self, driver: 'SwiftBackupDriver', container: str,
-                 name: str):
-        self.driver = driver
-        self.container = container
-        self.name = name
-
-    def __enter__(self):
-        return self
-
-    def read(self) -> bytes:
-        with self.driver._swift('get', self.container, self.name) as conn:
-            _headers, body = conn.get_object(self.container, self.name)
-        return body
-
-    def __exit__(self, exc_type, exc, tb):
-        return False
 
 
 class SwiftBackupDriver(chunked.ChunkedBackupDriver):
@@ -467,11 +423,18 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                 reason='Swift stored MD5 %s but the body has %s'
                        % (etag, md5))
 
+    def _get_object(self, container: str, name: str) -> bytes:
+        with self._swift('get', container, name) as conn:
+            _headers, body = conn.get_object(container, name)
+        return body
+
     def get_object_writer(self, container, object_name, extra_metadata=None):
-        return _ObjectWriter(self, container, object_name)
+        return objectio.BufferedWriter(
+            lambda body: self._put_object(container, object_name, body))
 
     def get_object_reader(self, container, object_name, extra_metadata=None):
-        return _ObjectReader(self, container, object_name)
+        return objectio.Reader(
+            lambda: self._get_object(container, object_name))
 
     def delete_object(self, container: str, object_name: str) -> None:
         with self._swift('delete', container, object_name) as conn:
