@@ -21,6 +21,7 @@ from oslo_log import log as logging
 from oslo_utils import importutils
 import sqlalchemy as sa
 from stevedore import driver as stevedore_driver
+from stevedore import exception as stevedore_exception
 
 from chunkbackup import backupformat as fmt
 from chunkbackup.catalog import api
@@ -69,9 +70,8 @@ def load_driver(name: Optional[str] = None):
         else:
             cls = stevedore_driver.DriverManager(
                 DRIVER_NAMESPACE, name, invoke_on_load=False).driver
-    except (ImportError, RuntimeError, ValueError,
-            stevedore_driver.NoMatches if hasattr(
-                stevedore_driver, 'NoMatches') else RuntimeError) as e:
+    except (ImportError, ValueError, stevedore_exception.NoMatches,
+            RuntimeError) as e:
         raise exception.InvalidConfiguration(
             reason='[chunkbackup] driver = %s cannot be loaded (%s); use '
                    'posix, swift, google, s3 or a driver class path'

@@ -125,7 +125,7 @@ def _run(argv) -> int:
         sys.stderr.write('%s: error: %s\n' % (PROG, e))
         return EXIT_USAGE
     logging.set_defaults(default_log_levels=logging.get_default_log_levels()
-                         + ['alembic=WARNING', 'stevedore=WARNING'])
+                         + ['alembic=WARNING', 'stevedore=ERROR'])
     logging.setup(conf, PROJECT)
     log = logging.getLogger(PROG)
     backup_service.ensure_shutdown_timeout(conf)

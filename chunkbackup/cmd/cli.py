@@ -370,7 +370,7 @@ def parse_args(argv, conf=CONF):
     # unless --debug asks for everything.
     quiet = [] if conf.debug else ['chunkbackup=WARNING']
     logging.set_defaults(default_log_levels=logging.get_default_log_levels()
-                         + ['alembic=WARNING', 'stevedore=WARNING',
+                         + ['alembic=WARNING', 'stevedore=ERROR',
                             'botocore=WARNING', 'swiftclient=WARNING',
                             'google=WARNING'] + quiet)
     logging.setup(conf, 'chunkbackup')
