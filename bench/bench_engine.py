@@ -151,7 +151,20 @@ def run_op(args):
     seconds = time.perf_counter() - t0
     with open(args.catalog, 'w') as f:
         json.dump(catalog, f)
-    print(json.dumps({'seconds': seconds}))
+    print(json.dumps({'seconds': seconds, 'rss_mib': peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM).
+
+    Not getrusage's ru_maxrss of the child: Linux copies the parent's peak
+    into a forked child, so every child would report at least the parent's.
+    """
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError('no VmHWM in /proc/self/status')
 
 
 def child(work, op, name, volume, compression='zstd', parent=None,
@@ -164,15 +177,10 @@ def child(work, op, name, volume, compression='zstd', parent=None,
         cmd += ['--parent', parent]
     if target:
         cmd += ['--target', target]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
+    result = subprocess.run(cmd, stdout=subprocess.PIPE)
+    if result.returncode:
         raise SystemExit('%s %s failed' % (op, name))
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    result['rss_mib'] = usage.ru_maxrss / 1024.0
-    return result
+    return json.loads(result.stdout.decode().strip().splitlines()[-1])
 
 
 def cmp_files(a, b):

@@ -6,7 +6,7 @@ has left it.
 """
 import collections
 import concurrent.futures
-from typing import Callable, Iterable, Iterator, Tuple
+from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 
 def ordered(submit: Callable, fn: Callable, items: Iterable[Tuple],
@@ -55,23 +55,36 @@ def unordered(submit: Callable, fn: Callable, items: Iterable[Tuple],
 class Window:
     """Futures whose results nobody needs, but whose failures matter.
 
-    ``add`` blocks while more than ``size`` are running, and raises the
-    error of any that failed; ``drain`` waits for all of them.
+    ``add`` blocks while more than ``size`` futures, or more than
+    ``max_bytes`` of their declared sizes, are pending (one is always
+    allowed), and raises the error of any that failed; ``drain`` waits for
+    all of them.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, max_bytes: Optional[int] = None):
         self.size = size
-        self.pending = set()
+        self.max_bytes = max_bytes
+        self.pending = {}
+        self.pending_bytes = 0
 
     def _collect(self, return_when):
-        done, self.pending = concurrent.futures.wait(
-            self.pending, return_when=return_when)
+        done, _ = concurrent.futures.wait(self.pending,
+                                          return_when=return_when)
+        for future in done:
+            self.pending_bytes -= self.pending.pop(future)
         for future in done:
             future.result()
 
-    def add(self, future: concurrent.futures.Future) -> None:
-        self.pending.add(future)
-        while len(self.pending) > self.size:
+    def _full(self) -> bool:
+        if len(self.pending) > self.size:
+            return True
+        return (self.max_bytes is not None and len(self.pending) > 1 and
+                self.pending_bytes > self.max_bytes)
+
+    def add(self, future: concurrent.futures.Future, nbytes: int = 0) -> None:
+        self.pending[future] = nbytes
+        self.pending_bytes += nbytes
+        while self._full():
             self._collect(concurrent.futures.FIRST_COMPLETED)
 
     def drain(self) -> None:
