@@ -10,10 +10,12 @@ import dataclasses
 import hashlib
 import json
 import re
+import time
 from typing import List, Optional
 
 from chunkbackup import compression
 from chunkbackup import exception
+from chunkbackup import names
 
 VERSION = '1.0.0'
 DIGEST_SIZE = 32
@@ -36,6 +38,28 @@ def sha256file_name(prefix: str) -> str:
 
 def data_object_name(prefix: str, number: int) -> str:
     return '%s-%05d' % (prefix, number)
+
+
+def utc_stamp(when: Optional[time.struct_time] = None) -> str:
+    """The timestamp in object prefixes: UTC, %Y%m%d%H%M%S."""
+    return time.strftime('%Y%m%d%H%M%S', when or time.gmtime())
+
+
+def posix_prefix(volume_id: str, backup_id: str,
+                 when: Optional[time.struct_time] = None) -> str:
+    """Cinder's posix/nfs prefix of a backup's objects."""
+    return 'volume_%s_%s_backup_%s' % (
+        names.check_safe_id('volume id', volume_id), utc_stamp(when),
+        names.check_safe_id('backup id', backup_id))
+
+
+def object_store_prefix(volume_id: str, backup_id: str,
+                        availability_zone: str,
+                        when: Optional[time.struct_time] = None) -> str:
+    """Cinder's swift/gcs/s3 prefix of a backup's objects."""
+    return 'volume_%s/%s/az_%s_backup_%s' % (
+        names.check_safe_id('volume id', volume_id), utc_stamp(when),
+        availability_zone, names.check_safe_id('backup id', backup_id))
 
 
 def dumps(document: dict) -> bytes:

@@ -31,6 +31,7 @@ from oslo_log import log as logging
 import requests
 import urllib3
 
+from chunkbackup import backupformat as fmt
 from chunkbackup import chunked
 from chunkbackup import exception
 from chunkbackup import objectio
@@ -381,11 +382,8 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
                 object_name, timeout=self.timeout, retry=None)
 
     def _generate_object_name_prefix(self, backup) -> str:
-        timestamp = time.strftime('%Y%m%d%H%M%S', time.gmtime())
-        return 'volume_%s/%s/az_%s_backup_%s' % (
-            chunked.check_safe_id('volume id', backup.volume_id), timestamp,
-            self.availability_zone,
-            chunked.check_safe_id('backup id', backup.id))
+        return fmt.object_store_prefix(backup.volume_id, backup.id,
+                                       self.availability_zone, time.gmtime())
 
     def get_extra_metadata(self, backup, volume):
         return None

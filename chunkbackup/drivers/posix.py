@@ -9,12 +9,12 @@ never shows a partial object. Modes follow Cinder's: 0770 directories,
 """
 import os
 import tempfile
-import time
 from typing import List
 
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from chunkbackup import backupformat as fmt
 from chunkbackup import chunked
 from chunkbackup import exception
 from chunkbackup import names
@@ -199,10 +199,7 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
                     yield os.path.relpath(directory, self.backup_root), name
 
     def _generate_object_name_prefix(self, backup) -> str:
-        timestamp = time.strftime('%Y%m%d%H%M%S', time.gmtime())
-        return 'volume_%s_%s_backup_%s' % (
-            chunked.check_safe_id('volume id', backup.volume_id), timestamp,
-            chunked.check_safe_id('backup id', backup.id))
+        return fmt.posix_prefix(backup.volume_id, backup.id)
 
     def get_extra_metadata(self, backup, volume):
         return None

@@ -27,6 +27,7 @@ from botocore import exceptions as boto_exc
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from chunkbackup import backupformat as fmt
 from chunkbackup import chunked
 from chunkbackup import exception
 from chunkbackup import names
@@ -640,11 +641,8 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
             self.client.delete_object(Bucket=container, Key=object_name)
 
     def _generate_object_name_prefix(self, backup) -> str:
-        timestamp = time.strftime('%Y%m%d%H%M%S', time.gmtime())
-        return 'volume_%s/%s/az_%s_backup_%s' % (
-            names.check_safe_id('volume id', backup.volume_id), timestamp,
-            self.availability_zone,
-            names.check_safe_id('backup id', backup.id))
+        return fmt.object_store_prefix(backup.volume_id, backup.id,
+                                       self.availability_zone, time.gmtime())
 
     def get_extra_metadata(self, backup, volume):
         return None

@@ -29,6 +29,7 @@ import requests
 from swiftclient import client as swift_client
 from swiftclient import exceptions as swift_exc
 
+from chunkbackup import backupformat as fmt
 from chunkbackup import chunked
 from chunkbackup import exception
 from chunkbackup import objectio
@@ -441,11 +442,9 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             conn.delete_object(container, object_name)
 
     def _generate_object_name_prefix(self, backup) -> str:
-        timestamp = time.strftime('%Y%m%d%H%M%S', time.gmtime())
-        prefix = 'volume_%s/%s/az_%s_backup_%s' % (
-            chunked.check_safe_id('volume id', backup.volume_id), timestamp,
-            self.conf.availability_zone,
-            chunked.check_safe_id('backup id', backup.id))
+        prefix = fmt.object_store_prefix(
+            backup.volume_id, backup.id, self.conf.availability_zone,
+            time.gmtime())
         LOG.debug('Object prefix of backup %(id)s: %(p)s',
                   {'id': backup.id, 'p': prefix})
         return prefix
