@@ -29,20 +29,6 @@ OBJECT_SIZE = 256 * KiB
 
 
 @pytest.fixture
-def overrides():
-    """set_override(name, value, group); every override is cleared after."""
-    done = []
-
-    def override(name, value, group):
-        CONF.set_override(name, value, group)
-        done.append((name, group))
-
-    yield override
-    for name, group in reversed(done):
-        CONF.clear_override(name, group)
-
-
-@pytest.fixture
 def gcs_client(gcs_server):
     """A client of our own, to look at (and damage) what the driver wrote."""
     client = gcs.Client(project=gcs_server.project,

@@ -34,18 +34,7 @@ PREFIX_RE = re.compile(r'^volume_(?P<vol>[^/]+)/(?P<ts>\d{14})/'
                        r'az_(?P<az>[^/]+)_backup_(?P<id>[^/]+)$')
 
 
-@pytest.fixture
-def overrides():
-    """set_override(name, value, group); every override is cleared after."""
-    done = []
-
-    def override(name, value, group=swift.GROUP):
-        CONF.set_override(name, value, group)
-        done.append((name, group))
-
-    yield override
-    for name, group in reversed(done):
-        CONF.clear_override(name, group)
+OVERRIDE_GROUP = swift.GROUP  # the default group of the overrides fixture
 
 
 @pytest.fixture

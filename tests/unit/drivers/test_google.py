@@ -121,17 +121,7 @@ def no_library_retries():
         yield
 
 
-@pytest.fixture
-def overrides():
-    done = []
-
-    def override(name, value, group=google.GROUP):
-        CONF.set_override(name, value, group)
-        done.append((name, group))
-
-    yield override
-    for name, group in reversed(done):
-        CONF.clear_override(name, group)
+OVERRIDE_GROUP = google.GROUP  # the default group of the overrides fixture
 
 
 @pytest.fixture

@@ -31,20 +31,15 @@ CATALOG = [
 ]
 
 
-@pytest.fixture
-def overrides():
-    done = []
+OVERRIDE_GROUP = swift.GROUP  # the default group of the overrides fixture
 
-    def override(name, value, group=swift.GROUP):
-        CONF.set_override(name, value, group)
-        done.append((name, group))
 
-    override('storage_retries', 0, 'chunkbackup')
-    override('storage_retry_backoff', 0, 'chunkbackup')
-    override('cancel_check_interval', 0, 'chunkbackup')
-    yield override
-    for name, group in reversed(done):
-        CONF.clear_override(name, group)
+@pytest.fixture(autouse=True)
+def _engine(overrides):
+    # No retries or waits: each test sees exactly one attempt.
+    overrides('storage_retries', 0, 'chunkbackup')
+    overrides('storage_retry_backoff', 0, 'chunkbackup')
+    overrides('cancel_check_interval', 0, 'chunkbackup')
 
 
 @pytest.fixture
