@@ -854,7 +854,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             if end == size and size % bs:
                 expected = (full_zero * (last - first - 1) +
                             fmt.zero_digest(size % bs))
-            if sha.digests[first * 32:last * 32] != expected:
+            span = slice(first * fmt.DIGEST_SIZE, last * fmt.DIGEST_SIZE)
+            if sha.digests[span] != expected:
                 return False
         return True
 
@@ -938,7 +939,6 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             raise corrupt(entry.offset, 'its MD5 differs from the one in '
                                         '_metadata')
         bs = plan.block_size
-        sha = plan.sha.digests
         view = memoryview(data)
         full_zero = self._zeros.block_digest if bs == self.sha_block_size \
             else fmt.zero_digest(bs)
@@ -950,7 +950,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             for pos in range(start, end, bs):
                 stop = min(pos + bs, end)
                 k = pos // bs
-                expected = sha[k * 32:k * 32 + 32]
+                expected = plan.sha.digest(k)
                 got = hashlib.sha256(view[pos - entry.offset:
                                           stop - entry.offset]).digest()
                 if got != expected:
