@@ -192,12 +192,17 @@ class _Checker:
         return self.key(doc, key, types, nullable=True)
 
 
-def parse_metadata(body, backup_id: str, object_name: str) -> Metadata:
-    """Parse and check a ``_metadata`` document (raises InvalidBackup)."""
-    check = _Checker(backup_id, object_name)
+def parse_metadata(body, backup_id: Optional[str],
+                   object_name: str) -> Metadata:
+    """Parse and check a ``_metadata`` document (raises InvalidBackup).
+
+    ``backup_id`` is the backup it must belong to; None accepts the one it
+    names (discovering backups in a store).
+    """
+    check = _Checker(backup_id or object_name, object_name)
     doc = check.load(body)
     stored_id = check.key(doc, 'backup_id', str)
-    if stored_id != backup_id:
+    if backup_id is not None and stored_id != backup_id:
         raise check.fail('it belongs to backup %s' % stored_id)
     objects = []
     seen = set()

@@ -281,10 +281,10 @@ class _VolumeSink:
             self.dirty = None
 
     def write_zeros(self, offset: int, length: int) -> None:
-        self.file.seek(offset)
         while length:
             n = min(length, len(self.zeros))
-            self.write(self.file.tell(), self.zeros[:n])
+            self.write(offset, self.zeros[:n])
+            offset += n
             length -= n
 
     def finish(self, size: int) -> None:

@@ -358,20 +358,19 @@ def rebuild_catalog(session, container: Optional[str] = None) -> List[str]:
     dname = driver_name()
     found = {}
     for cont, name in driver.find_metadata_objects(container):
-        body = driver.store.get(cont, name)
         try:
-            doc = json.loads(body)
-            backup_id = doc['backup_id']
-            meta = fmt.parse_metadata(body, backup_id, name)
-        except (ValueError, KeyError, TypeError, exception.InvalidBackup) as e:
+            meta = fmt.parse_metadata(driver.store.get(cont, name), None,
+                                      name)
+        except exception.InvalidBackup as e:
             LOG.warning('Skipping %s/%s: %s', cont, name, e)
             continue
         found[meta.backup_id] = (cont, name[:-len('_metadata')], meta)
     added = []
 
     def add(backup_id):
-        if session.get(models.Backup, backup_id) is not None:
-            return session.get(models.Backup, backup_id)
+        existing = session.get(models.Backup, backup_id)
+        if existing is not None:
+            return existing
         cont, prefix, meta = found[backup_id]
         parent = None
         if meta.parent_id:

@@ -8,9 +8,12 @@ from chunkbackup.testing import conformance
 
 class TestPosixConformance(conformance.DriverConformance):
 
+    object_size = 64 * 1024
+
     @pytest.fixture
     def make_driver(self, tmp_path):
-        cfg.CONF.set_override('object_size', 64 * 1024, 'backup_posix')
+        cfg.CONF.set_override('object_size', self.object_size,
+                              'backup_posix')
         cfg.CONF.set_override('path', str(tmp_path / 'backups'),
                               'backup_posix')
         yield lambda: posix.PosixBackupDriver(None)
