@@ -80,6 +80,12 @@ class CompressionError(ChunkBackupError):
     msg_fmt = "%(reason)s"
 
 
+class NbdError(ChunkBackupError):
+    """An NBD export refused, failed or broke a request (chunkbackup.nbd)."""
+
+    msg_fmt = "NBD %(url)s: %(reason)s"
+
+
 class StorageError(ChunkBackupError):
     """A storage operation failed; drivers raise subclasses of it."""
 
