@@ -80,6 +80,16 @@ class CompressionError(ChunkBackupError):
     msg_fmt = "%(reason)s"
 
 
+class InvalidChangedExtents(ChunkBackupError):
+    # The accepted formats are named in every message: the user chose the
+    # tool that made the map and may simply have run it the wrong way.
+    msg_fmt = ("Cannot use the changed-extents map %(source)s: %(reason)s. "
+               "Give JSON from 'qemu-img map --output=json' of an "
+               "x-dirty-bitmap export, 'nbdinfo --map=qemu:dirty-bitmap:NAME "
+               "--json', 'rbd diff --format json', or a list of "
+               "[offset, length] pairs.")
+
+
 class NbdError(ChunkBackupError):
     """An NBD export refused, failed or broke a request (chunkbackup.nbd)."""
 
