@@ -11,23 +11,25 @@ import datetime
 import json
 import math
 import os
-import socket
 import stat
 import uuid
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple, TYPE_CHECKING
 
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import importutils
-import sqlalchemy as sa
+from sqlalchemy import orm
 from stevedore import driver as stevedore_driver
 from stevedore import exception as stevedore_exception
 
 from chunkbackup import backupformat as fmt
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
+from chunkbackup.catalog import states
 from chunkbackup import exception
-from chunkbackup import jobs
+
+if TYPE_CHECKING:
+    from chunkbackup import chunked
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -56,12 +58,8 @@ class OperationError(exception.ChunkBackupError):
     msg_fmt = "%(reason)s"
 
 
-def owner_id() -> str:
-    """This process, as recorded on the records it is working on."""
-    return '%s:%d' % (socket.gethostname(), os.getpid())
-
-
-def load_driver(name: Optional[str] = None):
+def load_driver(name: Optional[str] = None
+                ) -> 'chunked.ChunkedBackupDriver':
     """A driver by entry-point name (posix, swift, google, s3) or class."""
     name = name or CONF.chunkbackup.driver
     try:
@@ -103,7 +101,8 @@ def _open_volume(path: str):
                                     'user' % path)
 
 
-def create_backup(session, volume: str, *, incremental: bool = False,
+def create_backup(session: orm.Session, volume: str, *,
+                  incremental: bool = False,
                   name: Optional[str] = None,
                   description: Optional[str] = None,
                   volume_id: Optional[str] = None,
@@ -127,27 +126,20 @@ def create_backup(session, volume: str, *, incremental: bool = False,
                            'parent of an incremental; make a full backup '
                            'first (leave out --incremental)' % (volume_id,
                                                                 path))
-        record = api.new_backup(session, volume_id=volume_id, driver=dname,
-                                volume_path=path, parent=parent, name=name,
-                                description=description, container=container,
-                                owner=owner_id())
+        record = states.begin_backup(
+            session, volume_id=volume_id, driver=dname, volume_path=path,
+            parent=parent, name=name, description=description,
+            container=container)
         if on_created:
             on_created(record)
         driver.progress_listeners.extend(listeners)
         try:
             driver.backup(record, volume_file)
         except BaseException as e:
-            session.rollback()
-            record.status = api.ERROR
-            record.fail_reason = str(e) or type(e).__name__
-            record.owner = None
-            session.commit()
+            states.fail_backup(session, record, e)
             raise
-        record.size_bytes = volume_file.seek(0, os.SEEK_END)
-        record.status = api.AVAILABLE
-        record.data_timestamp = record.created_at
-        record.owner = None
-        session.commit()
+        states.finish_backup(session, record,
+                             volume_file.seek(0, os.SEEK_END))
         return record
 
 
@@ -164,10 +156,10 @@ def _is_empty_target(path: str) -> Optional[bool]:
     return st.st_size == 0
 
 
-def restore_backup(session, backup_id: str, target: str, *,
+def restore_backup(session: orm.Session, backup_id: str, target: str, *,
                    force: bool = False, listeners: List = ()) -> models.Backup:
     record = api.get_backup(session, backup_id)
-    if record.status != api.AVAILABLE:
+    if record.status != states.AVAILABLE:
         raise OperationError(
             reason='backup %s is %s; only available backups can be '
                    'restored' % (record.id, record.status))
@@ -182,9 +174,7 @@ def restore_backup(session, backup_id: str, target: str, *,
                    'it' % target)
     driver = load_driver(record.driver)
     driver.progress_listeners.extend(listeners)
-    record.status = api.RESTORING
-    record.owner = owner_id()
-    session.commit()
+    states.begin_restore(session, record)
     try:
         if empty is None:
             mode, volume_is_new = 'r+b', False
@@ -199,16 +189,19 @@ def restore_backup(session, backup_id: str, target: str, *,
             driver.restore(record, record.volume_id, volume_file,
                            volume_is_new=volume_is_new)
     finally:
-        session.rollback()
-        record.status = api.AVAILABLE
-        record.owner = None
-        session.commit()
+        states.end_restore(session, record)
     return record
 
 
-def verify_backup(session, backup_id: str, listeners: List = ()):
+def verify_backup(session: orm.Session, backup_id: str,
+                  listeners: List = ()
+                  ) -> Tuple[models.Backup, 'chunked.RestorePlan']:
+    """Check every object's MD5 and every block's SHA-256; no volume written.
+
+    Returns the record and the engine's restore plan (its size, objects).
+    """
     record = api.get_backup(session, backup_id)
-    if record.status not in (api.AVAILABLE, api.ERROR):
+    if record.status not in (states.AVAILABLE, states.ERROR):
         raise OperationError(reason='backup %s is %s; wait for it to finish'
                                     % (record.id, record.status))
     driver = load_driver(record.driver)
@@ -217,32 +210,19 @@ def verify_backup(session, backup_id: str, listeners: List = ()):
     return record, plan
 
 
-def delete_backup(session, backup_id: str) -> models.Backup:
+def delete_backup(session: orm.Session, backup_id: str) -> models.Backup:
     record = api.get_backup(session, backup_id)
     if record.has_dependent_backups:
         raise exception.BackupInUse(backup_id=record.id,
                                     children=record.dependent_backup_ids)
-    if record.status in api.BUSY_STATUSES and record.owner and \
-            record.owner != owner_id():
-        raise OperationError(
-            reason='backup %s is %s by %s; wait, or run chunkbackup cleanup '
-                   'if that process is gone' % (record.id, record.status,
-                                                record.owner))
     driver = load_driver(record.driver)
-    record.status = api.DELETING
-    record.owner = owner_id()
-    session.commit()
+    states.begin_delete(session, record)
     try:
         driver.delete_backup(record)
     except BaseException as e:
-        session.rollback()
-        record.status = api.ERROR_DELETING
-        record.fail_reason = str(e)
-        record.owner = None
-        session.commit()
+        states.fail_delete(session, record, e)
         raise
-    session.delete(record)
-    session.commit()
+    states.finish_delete(session, record)
     return record
 
 
@@ -254,9 +234,9 @@ def _isotime(value) -> Optional[str]:
     return value.strftime('%Y-%m-%dT%H:%M:%S.%f') + 'Z'
 
 
-def export_backup(session, backup_id: str) -> dict:
+def export_backup(session: orm.Session, backup_id: str) -> dict:
     record = api.get_backup(session, backup_id)
-    if record.status != api.AVAILABLE:
+    if record.status != states.AVAILABLE:
         raise OperationError(reason='backup %s is %s; only available backups '
                                     'can be exported' % (record.id,
                                                          record.status))
@@ -299,7 +279,7 @@ def _parse_time(value):
     return None
 
 
-def import_backup(session, backup_service: str, backup_url: str
+def import_backup(session: orm.Session, backup_service: str, backup_url: str
                   ) -> models.Backup:
     name = driver_name(backup_service)
     try:
@@ -334,7 +314,7 @@ def import_backup(session, backup_service: str, backup_url: str
         parent_id=parent.id if parent is not None else None,
         display_name=fields.get('display_name'),
         display_description=fields.get('display_description'),
-        status=api.AVAILABLE, size=int(fields.get('size') or 0),
+        status=states.AVAILABLE, size=int(fields.get('size') or 0),
         size_bytes=0, object_count=int(fields.get('object_count') or 0),
         created_at=_parse_time(fields.get('created_at')) or models.utcnow(),
         data_timestamp=_parse_time(fields.get('data_timestamp')))
@@ -349,7 +329,8 @@ def import_backup(session, backup_service: str, backup_url: str
 
 # Rebuilding the catalog from the store. ----------------------------------
 
-def rebuild_catalog(session, container: Optional[str] = None) -> List[str]:
+def rebuild_catalog(session: orm.Session,
+                    container: Optional[str] = None) -> List[str]:
     """Record every complete backup the store holds that the catalog lacks.
 
     Returns the ids added. Parents are recorded before their children.
@@ -389,7 +370,8 @@ def rebuild_catalog(session, container: Optional[str] = None) -> List[str]:
             container=cont, service_metadata=prefix, parent=parent,
             display_name=meta.backup_name,
             display_description=meta.backup_description,
-            status=api.AVAILABLE, size=max(1, math.ceil(size_bytes / 2**30)),
+            status=states.AVAILABLE,
+            size=max(1, math.ceil(size_bytes / 2**30)),
             size_bytes=size_bytes, object_count=len(meta.objects) + 2,
             created_at=_parse_time(meta.created_at) or models.utcnow())
         session.add(record)
@@ -405,120 +387,16 @@ def rebuild_catalog(session, container: Optional[str] = None) -> List[str]:
 
 # Records left behind by processes that are gone. ---------------------------
 
-def owner_alive(owner: str, current_pid: Optional[int] = None) -> bool:
-    """Whether the process named by an ``owner`` column ('host:pid') runs.
+def _remove_objects(record: models.Backup) -> int:
+    return load_driver(record.driver).delete_objects(record.container,
+                                                     record.service_metadata)
 
-    A process on another host cannot be checked: it counts as alive.
-    ``current_pid`` (this process, at its start) counts as gone: it has no
-    operations yet, so a record naming it is left from an earlier process
-    with the same pid.
+
+def cleanup_interrupted(session: orm.Session,
+                        current_pid: Optional[int] = None) -> List[str]:
+    """Finish what processes that no longer exist left unfinished.
+
+    See chunkbackup.catalog.states.cleanup_interrupted; the objects are
+    removed through each backup's driver. Returns the backup ids cleaned.
     """
-    host, _, pid = (owner or '').rpartition(':')
-    try:
-        pid = int(pid)
-    except ValueError:
-        return True
-    if host != socket.gethostname():
-        return True
-    if pid == current_pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cleanup_interrupted(session, current_pid: Optional[int] = None
-                        ) -> List[str]:
-    """Clean up what processes that no longer exist left unfinished.
-
-    Backups they were creating or deleting (or that a shutdown had to give
-    up on) end ``error`` with their objects deleted; backups they were
-    restoring are ``available`` again; their running jobs end ``failed``.
-    Returns the ids of the backups set to error.
-    """
-    cleaned = []
-    records = list(session.scalars(
-        sa.select(models.Backup).where(models.Backup.owner.isnot(None))))
-    for record in records:
-        if owner_alive(record.owner, current_pid):
-            continue
-        owner = record.owner
-        if record.status == api.RESTORING:
-            LOG.warning('Backup %(id)s was being restored by %(o)s, which '
-                        'is gone; it is available again (check the restore '
-                        'target).', {'id': record.id, 'o': owner})
-            record.status = api.AVAILABLE
-            record.owner = None
-            session.commit()
-            continue
-        if record.status == api.AVAILABLE:
-            record.owner = None
-            session.commit()
-            continue
-        LOG.warning('Backup %(id)s was %(st)s by %(o)s, which is gone; '
-                    'removing its objects and setting it to error.',
-                    {'id': record.id, 'st': record.status, 'o': owner})
-        if record.status != api.ERROR or not record.fail_reason:
-            record.fail_reason = ('interrupted: %s stopped while the backup '
-                                  'was %s' % (owner, record.status))
-        record.status = api.ERROR
-        session.commit()
-        try:
-            if record.container and record.service_metadata:
-                driver = load_driver(record.driver)
-                driver.delete_objects(record.container,
-                                      record.service_metadata)
-        except Exception as e:
-            # The owner stays: the next start tries again.
-            LOG.error('Could not remove the objects of backup %(id)s '
-                      '(%(err)s); the next start tries again.',
-                      {'id': record.id, 'err': getattr(e, 'msg', None) or e})
-            session.rollback()
-        else:
-            record.owner = None
-            session.commit()
-        cleaned.append(record.id)
-    stale_jobs = list(session.scalars(
-        sa.select(models.Job).where(models.Job.status == jobs.RUNNING)))
-    for job in stale_jobs:
-        if job.owner and owner_alive(job.owner, current_pid):
-            continue
-        LOG.warning('Job %(id)s was run by %(o)s, which is gone; it failed.',
-                    {'id': job.id, 'o': job.owner})
-        jobs.finish(session, job, jobs.FAILED,
-                    error='interrupted: %s stopped before the job finished'
-                          % job.owner)
-    cleaned.extend(_remove_leftovers_of_failed(session, set(cleaned)))
-    return cleaned
-
-
-def _remove_leftovers_of_failed(session, done) -> List[str]:
-    """Objects of failed backups whose own clean-up could not finish.
-
-    A failed backup removes what it wrote; when the store failed too, the
-    objects stay (never complete, never a parent) until this finds them.
-    """
-    removed = []
-    failed = session.scalars(sa.select(models.Backup).where(
-        models.Backup.status == api.ERROR,
-        models.Backup.container.isnot(None),
-        models.Backup.service_metadata.isnot(None)))
-    for record in list(failed):
-        if record.id in done:
-            continue
-        try:
-            driver = load_driver(record.driver)
-            if driver.delete_objects(record.container,
-                                     record.service_metadata):
-                LOG.warning('Removed the leftover objects of failed backup '
-                            '%s.', record.id)
-                removed.append(record.id)
-        except Exception as e:
-            LOG.error('Could not remove the objects of failed backup '
-                      '%(id)s: %(err)s', {'id': record.id,
-                                          'err': getattr(e, 'msg', e)})
-    return removed
+    return states.cleanup_interrupted(session, _remove_objects, current_pid)

@@ -4,7 +4,6 @@ SQLite in the user's data directory is the default; any SQLAlchemy URL
 (PostgreSQL, MySQL/MariaDB) works through ``[database] connection``.
 """
 import os
-import uuid
 from typing import List, Optional
 
 from alembic import command as alembic_command
@@ -15,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from chunkbackup.catalog import models
+from chunkbackup.catalog import states
 from chunkbackup import exception
 
 CONF = cfg.CONF
@@ -32,15 +32,6 @@ OPTS = [
                     'with mode 0600.'),
 ]
 CONF.register_opts(OPTS, group=GROUP)
-
-# Statuses, as Cinder names them.
-CREATING = 'creating'
-AVAILABLE = 'available'
-DELETING = 'deleting'
-RESTORING = 'restoring'
-ERROR = 'error'
-ERROR_DELETING = 'error_deleting'
-BUSY_STATUSES = (CREATING, DELETING, RESTORING)
 
 
 class NotFound(exception.ChunkBackupError):
@@ -108,23 +99,6 @@ class Catalog:
         self.engine.dispose()
 
 
-def new_backup(session: orm.Session, *, volume_id: str, driver: str,
-               volume_path: Optional[str] = None,
-               parent: Optional[models.Backup] = None,
-               name: Optional[str] = None, description: Optional[str] = None,
-               container: Optional[str] = None,
-               owner: Optional[str] = None) -> models.Backup:
-    record = models.Backup(
-        id=str(uuid.uuid4()), volume_id=volume_id, volume_path=volume_path,
-        driver=driver, parent=parent, display_name=name,
-        display_description=description, container=container,
-        status=CREATING, size=0, size_bytes=0, object_count=0,
-        created_at=models.utcnow(), owner=owner)
-    session.add(record)
-    session.commit()
-    return record
-
-
 def get_backup(session: orm.Session, backup_id: str) -> models.Backup:
     record = session.get(models.Backup, backup_id)
     if record is None:
@@ -151,7 +125,8 @@ def latest_available(session: orm.Session, volume_id: str,
     query = (sa.select(models.Backup)
              .where(models.Backup.volume_id == volume_id,
                     models.Backup.driver == driver,
-                    models.Backup.status.in_((AVAILABLE, RESTORING)))
+                    models.Backup.status.in_((states.AVAILABLE,
+                                              states.RESTORING)))
              .order_by(models.Backup.created_at.desc(),
                        models.Backup.updated_at.desc())
              .limit(1))

@@ -2,13 +2,14 @@
 
     chunkbackup-backup --config-file /etc/chunkbackup/chunkbackup.conf
 
-SIGTERM stops it gracefully (see chunkbackup.service), SIGHUP re-reads the
-configuration (the schedules). The oslo.service backend is chosen by
-``[backup_service] backend``: eventlet (the default, as in oslo.service) or
-threading.
+SIGTERM stops it gracefully (see chunkbackup.service.runner), SIGHUP
+re-reads the configuration (the schedules). The oslo.service backend is
+chosen by ``[backup_service] backend``: eventlet (the default, as in
+oslo.service) or threading.
 """
 import os
 import sys
+from typing import List, Optional
 
 from oslo_config import cfg
 
@@ -25,14 +26,14 @@ _BACKEND_GROUP = 'backup_service'
 _BACKEND_OPT = 'backend'
 
 
-def _default_config_files():
+def _default_config_files() -> List[str]:
     files = cfg.find_config_files(project=PROJECT, prog=PROG)
     if os.path.exists(USER_CONFIG) and USER_CONFIG not in files:
         files.append(USER_CONFIG)
     return files
 
 
-def _config_arguments(argv):
+def _config_arguments(argv: List[str]) -> List[str]:
     """Only the --config-file/--config-dir arguments of argv."""
     found = []
     i = 0
@@ -48,7 +49,7 @@ def _config_arguments(argv):
     return found
 
 
-def chosen_backend(argv) -> str:
+def chosen_backend(argv: List[str]) -> str:
     """The backend the configuration asks for, read before anything else."""
     conf = cfg.ConfigOpts()
     conf.register_opt(cfg.StrOpt(_BACKEND_OPT, default='eventlet'),
@@ -86,7 +87,7 @@ def _init_backend(name: str) -> None:
         backend.init_backend(backend.BackendType.EVENTLET)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     backend_name = chosen_backend(argv)
     if backend_name == 'eventlet':
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     return _run(argv)
 
 
-def _run(argv) -> int:
+def _run(argv: List[str]) -> int:
     import logging as std_logging
 
     from oslo_log import log as logging
@@ -113,6 +114,7 @@ def _run(argv) -> int:
     from chunkbackup import operations
     from chunkbackup import opts
     from chunkbackup import service as backup_service
+    from chunkbackup.service import runner
 
     conf = cfg.CONF
     logging.register_options(conf)
@@ -144,7 +146,7 @@ def _run(argv) -> int:
 
     from oslo_service import service
 
-    server = backup_service.BackupService(conf)
+    server = runner.BackupService(conf)
     launcher = service.launch(conf, server, workers=1,
                               restart_method='mutate')
     status = launcher.wait()

@@ -33,10 +33,6 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
-    pass
-
-
 # Output ------------------------------------------------------------------
 
 def _text(value) -> str:
@@ -137,8 +133,8 @@ def listeners():
 
 def cmd_backup_create(args, session):
     if args.async_:
-        from chunkbackup import jobs
-        job = jobs.enqueue(session, 'backup', {
+        from chunkbackup.catalog import states
+        job = states.enqueue_job(session, 'backup', {
             'volume': os.path.abspath(args.volume),
             'incremental': args.incremental, 'name': args.display_name,
             'description': args.display_description,
@@ -224,8 +220,8 @@ SCHEDULE_COLUMNS = [('name', 'Name'), ('volume_path', 'Volume'),
 
 
 def cmd_schedule_set(args, session):
-    from chunkbackup import service
-    row = service.set_schedule(
+    from chunkbackup.service import schedules
+    row = schedules.set_schedule(
         session, args.schedule_name, args.volume, args.interval,
         full_every=args.full_every, retain_full=args.retain_full,
         container=args.container, volume_id=args.volume_id,
@@ -234,8 +230,8 @@ def cmd_schedule_set(args, session):
 
 
 def cmd_schedule_list(args, session):
-    from chunkbackup import service
-    emit(args, [schedule_view(r) for r in service.list_schedules(session)],
+    from chunkbackup.service import schedules
+    emit(args, [schedule_view(r) for r in schedules.list_schedules(session)],
          SCHEDULE_COLUMNS)
 
 

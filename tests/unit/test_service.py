@@ -22,9 +22,13 @@ import sqlalchemy as sa
 
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
-from chunkbackup import jobs
+from chunkbackup.catalog import states
+from chunkbackup import exception
 from chunkbackup import operations
 from chunkbackup import service
+from chunkbackup.service import retention
+from chunkbackup.service import runner
+from chunkbackup.service import schedules
 
 CONF = cfg.CONF
 T0 = datetime.datetime(2030, 1, 1)
@@ -46,30 +50,30 @@ def ids(chains):
 def test_nothing_expires_until_there_are_more_fulls_than_kept():
     backups = [B('f1', t=1), B('i1', 'f1', t=2), B('f2', t=3),
                B('i2', 'f2', t=4)]
-    assert service.expired_chains(backups, 2) == []
-    assert ids(service.expired_chains(backups, 1)) == [['i1', 'f1']]
+    assert retention.expired_chains(backups, 2) == []
+    assert ids(retention.expired_chains(backups, 1)) == [['i1', 'f1']]
 
 
 def test_whole_old_chains_go_oldest_first_children_first():
     backups = [B('f1', t=1), B('i1a', 'f1', t=2), B('i1b', 'i1a', t=3),
                B('f2', t=4), B('i2', 'f2', t=5), B('f3', t=6),
                B('i3', 'f3', t=7), B('f4', t=8)]
-    assert ids(service.expired_chains(backups, 2)) == [
+    assert ids(retention.expired_chains(backups, 2)) == [
         ['i1b', 'i1a', 'f1'], ['i2', 'f2']]
-    assert ids(service.expired_chains(backups, 3)) == [['i1b', 'i1a', 'f1']]
+    assert ids(retention.expired_chains(backups, 3)) == [['i1b', 'i1a', 'f1']]
 
 
 def test_branches_go_before_their_common_parent():
     backups = [B('f1', t=1), B('a', 'f1', t=2), B('b', 'f1', t=3),
                B('a2', 'a', t=4), B('f2', t=5)]
-    (chain,) = service.expired_chains(backups, 1)
+    (chain,) = retention.expired_chains(backups, 1)
     assert [b.id for b in chain] == ['a2', 'b', 'a', 'f1']
 
 
 def test_input_order_does_not_matter():
     backups = [B('f1', t=1), B('i1', 'f1', t=2), B('f2', t=3),
                B('f3', t=4)]
-    assert ids(service.expired_chains(list(reversed(backups)), 2)) == [
+    assert ids(retention.expired_chains(list(reversed(backups)), 2)) == [
         ['i1', 'f1']]
 
 
@@ -79,26 +83,26 @@ def test_only_available_fulls_count_and_error_chains_expire():
                B('e3', status='error', t=4)]
     # Two available fulls, one kept: the chain of f1 (with its error
     # incremental) and the older error full go; the newer error full stays.
-    assert ids(service.expired_chains(backups, 1)) == [['e0'], ['i1', 'f1']]
-    assert service.expired_chains(backups, 2) == []
+    assert ids(retention.expired_chains(backups, 1)) == [['e0'], ['i1', 'f1']]
+    assert retention.expired_chains(backups, 2) == []
 
 
 def test_a_busy_member_keeps_its_chain():
     backups = [B('f1', t=1), B('i1', 'f1', status='restoring', t=2),
                B('f2', t=3), B('i2', 'f2', t=4), B('f3', t=5)]
-    assert ids(service.expired_chains(backups, 1)) == [['i2', 'f2']]
+    assert ids(retention.expired_chains(backups, 1)) == [['i2', 'f2']]
 
 
 def test_the_newest_full_is_kept_even_with_retain_zero():
     backups = [B('f1', t=1), B('f2', t=2)]
-    assert ids(service.expired_chains(backups, 0)) == [['f1']]
+    assert ids(retention.expired_chains(backups, 0)) == [['f1']]
 
 
 def test_a_parent_outside_the_list_roots_the_chain_where_it_stops():
     backups = [B('i0', 'gone', t=1), B('i1', 'i0', t=2), B('f2', t=3),
                B('f3', t=4)]
-    assert ids(service.expired_chains(backups, 1)) == [['i1', 'i0'],
-                                                       ['f2']]
+    assert ids(retention.expired_chains(backups, 1)) == [['i1', 'i0'],
+                                                         ['f2']]
 
 
 STATUSES = ['available'] * 6 + ['error', 'creating', 'restoring',
@@ -123,7 +127,7 @@ def forests(draw):
 def test_retention_properties(case):
     backups, retain = case
     by_id = {b.id: b for b in backups}
-    chains = service.expired_chains(backups, retain)
+    chains = retention.expired_chains(backups, retain)
     doomed = [b for chain in chains for b in chain]
     assert len(doomed) == len({b.id for b in doomed})
 
@@ -140,7 +144,7 @@ def test_retention_properties(case):
         return
     cutoff = (kept[0].created_at, kept[0].id)
     for b in doomed:
-        assert b.status not in api.BUSY_STATUSES
+        assert b.status not in states.BUSY_STATUSES
         assert (root(b).created_at, root(b).id) < cutoff
         assert b.id not in {k.id for k in kept}
     # Every old chain without a busy member goes, whole.
@@ -148,7 +152,7 @@ def test_retention_properties(case):
         r = root(b)
         chain = [x for x in backups if root(x) is r]
         if (r.created_at, r.id) < cutoff and not any(
-                x.status in api.BUSY_STATUSES for x in chain):
+                x.status in states.BUSY_STATUSES for x in chain):
             assert b in doomed
     # Deleting in the given order never removes a parent before its child.
     alive = {b.id for b in backups}
@@ -205,7 +209,7 @@ def test_apply_retention_deletes_records_and_objects(tmp_path, session):
                                              incremental=incremental))
     f1, i1, f2, i2, f3 = made
     gone = [(r.id, r.container, r.service_metadata) for r in (i1, f1)]
-    deleted = service.apply_retention(session, f1.volume_id, 2)
+    deleted = retention.apply_retention(session, f1.volume_id, 2)
     assert deleted == [i1.id, f1.id]
     assert [b.id for b in api.list_backups(session)] == [f2.id, i2.id, f3.id]
     for backup_id, container, prefix in gone:
@@ -228,7 +232,7 @@ def test_retention_keeps_a_chain_whose_child_cannot_go(tmp_path, session,
             raise operations.OperationError(reason='injected')
         return real(s, backup_id)
     monkeypatch.setattr(operations, 'delete_backup', failing)
-    assert service.apply_retention(session, f1.volume_id, 1) == []
+    assert retention.apply_retention(session, f1.volume_id, 1) == []
     assert {b.id for b in api.list_backups(session)} == {f1.id, i1.id,
                                                          f2.id}
     assert 'could not delete backup %s' % i1.id in caplog.text
@@ -236,15 +240,15 @@ def test_retention_keeps_a_chain_whose_child_cannot_go(tmp_path, session,
 
 def test_owner_alive():
     host = socket.gethostname()
-    assert service.owner_alive('%s:%d' % (host, os.getpid()))
-    assert not service.owner_alive('%s:%d' % (host, os.getpid()),
-                                   current_pid=os.getpid())
+    assert states.owner_alive('%s:%d' % (host, os.getpid()))
+    assert not states.owner_alive('%s:%d' % (host, os.getpid()),
+                                  current_pid=os.getpid())
     child = subprocess.Popen([sys.executable, '-c', 'pass'])
     child.wait()
-    assert not service.owner_alive('%s:%d' % (host, child.pid))
+    assert not states.owner_alive('%s:%d' % (host, child.pid))
     # Another host cannot be checked; nonsense is not a dead process.
-    assert service.owner_alive('elsewhere.example:%d' % child.pid)
-    assert service.owner_alive('garbage')
+    assert states.owner_alive('elsewhere.example:%d' % child.pid)
+    assert states.owner_alive('garbage')
 
 
 def test_cleanup_interrupted(tmp_path, session):
@@ -258,22 +262,22 @@ def test_cleanup_interrupted(tmp_path, session):
     restoring = operations.create_backup(session, volume)
     busy = operations.create_backup(session, volume)
     assert _objects(tmp_path, crashed)
-    crashed.status, crashed.owner = api.CREATING, dead
-    restoring.status, restoring.owner = api.RESTORING, dead
-    busy.status, busy.owner = api.CREATING, live
+    crashed.status, crashed.owner = states.CREATING, dead
+    restoring.status, restoring.owner = states.RESTORING, dead
+    busy.status, busy.owner = states.CREATING, live
     session.commit()
-    job = jobs.enqueue(session, 'backup', {'volume': volume})
-    assert jobs.claim(session, dead).id == job.id
+    job = states.enqueue_job(session, 'backup', {'volume': volume})
+    assert states.claim_job(session, dead).id == job.id
 
-    assert service.cleanup_interrupted(session) == [crashed.id]
+    assert operations.cleanup_interrupted(session) == [crashed.id]
     session.expire_all()
-    assert (crashed.status, crashed.owner) == (api.ERROR, None)
+    assert (crashed.status, crashed.owner) == (states.ERROR, None)
     assert 'interrupted' in crashed.fail_reason
     assert _objects(tmp_path, crashed) == []
-    assert (restoring.status, restoring.owner) == (api.AVAILABLE, None)
-    assert (busy.status, busy.owner) == (api.CREATING, live)
+    assert (restoring.status, restoring.owner) == (states.AVAILABLE, None)
+    assert (busy.status, busy.owner) == (states.CREATING, live)
     assert _objects(tmp_path, busy)
-    assert session.get(models.Job, job.id).status == jobs.FAILED
+    assert session.get(models.Job, job.id).status == states.FAILED
 
 
 # Schedules ------------------------------------------------------------------
@@ -297,7 +301,7 @@ def test_config_schedules(tmp_path):
                               '[schedule:bad]\nvolume = /v/d.img\n'
                               'interval = soon\n'
                               '[other]\nvolume = /v/e.img\ninterval = 1\n')
-    (spec,) = service.config_schedules(conf)
+    (spec,) = schedules.config_schedules(conf)
     assert (spec.name, spec.volume, spec.interval, spec.full_every,
             spec.retain_full, spec.container) == (
         'daily', '/v/a.img', 86400, 3, 4, 'c1')
@@ -307,16 +311,16 @@ def test_config_schedules(tmp_path):
 def test_config_schedules_follow_a_reload(tmp_path):
     conf, path = _conf(tmp_path, '[schedule:a]\nvolume = /v/a.img\n'
                                  'interval = 10\n')
-    assert [s.name for s in service.config_schedules(conf)] == ['a']
+    assert [s.name for s in schedules.config_schedules(conf)] == ['a']
     path.write_text('[schedule:a]\nvolume = /v/a2.img\ninterval = 20\n'
                     '[schedule:b]\nvolume = /v/b.img\ninterval = 5\n')
     conf.mutate_config_files()
     assert [(s.name, s.volume, s.interval)
-            for s in service.config_schedules(conf)] == [
+            for s in schedules.config_schedules(conf)] == [
         ('a', '/v/a2.img', 20), ('b', '/v/b.img', 5)]
     path.write_text('[schedule:b]\nvolume = /v/b.img\ninterval = 5\n')
     conf.mutate_config_files()
-    assert [s.name for s in service.config_schedules(conf)] == ['b']
+    assert [s.name for s in schedules.config_schedules(conf)] == ['b']
 
 
 def test_shutdown_timeout_leaves_room_for_the_grace_period(tmp_path,
@@ -344,14 +348,14 @@ def test_shutdown_timeout_leaves_room_for_the_grace_period(tmp_path,
 
 def test_schedule_chooses_full_every_nth(tmp_path, session):
     volume = _volume(tmp_path)
-    spec = service.ScheduleSpec('s', volume, 1, full_every=3, retain_full=9)
-    svc = service.BackupService()
+    spec = schedules.ScheduleSpec('s', volume, 1, full_every=3, retain_full=9)
+    svc = runner.BackupService()
     svc.catalog = types.SimpleNamespace(session=lambda: session)
     kinds = []
     for _ in range(7):
         with open(volume, 'r+b') as f:
             f.write(os.urandom(64))
-        op = service._Operation('test', None)
+        op = runner.Operation('test', None)
         svc._scheduled_backup_runner(spec)(session, op)
         record = api.get_backup(session, op.backup_id)
         assert record.display_name == 'schedule:s'
@@ -366,7 +370,7 @@ def test_catalog_schedules_are_claimed_once(tmp_path, catalog):
                            retain_full=2, enabled=True,
                            created_at=models.utcnow()))
     s1.commit()
-    first, second = service.BackupService(), service.BackupService()
+    first, second = runner.BackupService(), runner.BackupService()
     for svc in (first, second):
         svc.catalog = catalog
     assert [s.name for s in first._due_schedules(s1)] == ['nightly']
@@ -397,20 +401,21 @@ class _Stand:
         release = self.release.setdefault(job_id, threading.Event())
 
         def run(session, op):
-            record = api.new_backup(session, volume_id='v', driver='posix',
-                                    owner=operations.owner_id())
+            record = states.begin_backup(session, volume_id='v',
+                                         driver='posix',
+                                         owner=states.owner_id())
             op.backup_id = record.id
             self.started.append(job_id)
             while not release.wait(0.02):
                 if honour_cancel:
                     record.refresh()
-                    if record.status == api.DELETING:
-                        record.status = api.ERROR
+                    if record.status == states.DELETING:
+                        record.status = states.ERROR
                         record.fail_reason = 'cancelled'
                         session.commit()
-                        raise service.exception.BackupOperationCancelled(
+                        raise exception.BackupOperationCancelled(
                             operation='backup', backup_id=record.id)
-            record.status = api.AVAILABLE
+            record.status = states.AVAILABLE
             record.owner = None
             session.commit()
         return run
@@ -421,7 +426,7 @@ def running_service(catalog, monkeypatch, conf):
     conf('poll_interval', 0.05, service.GROUP)
     conf('max_concurrent_operations', 2, service.GROUP)
     conf('shutdown_grace_period', 0, service.GROUP)
-    svc = service.BackupService()
+    svc = runner.BackupService()
     stand = _Stand(catalog)
     monkeypatch.setattr(svc, '_job_runner', stand.runner)
     svc.stand = stand
@@ -447,7 +452,7 @@ def _wait(condition, timeout=20):
 
 def test_at_most_max_concurrent_operations(running_service, catalog):
     session = catalog.session()
-    queued = [jobs.enqueue(session, 'backup', {'volume': '/v'}).id
+    queued = [states.enqueue_job(session, 'backup', {'volume': '/v'}).id
               for _ in range(5)]
     stand = running_service.stand
     _wait(lambda: len(stand.started) == 2)
@@ -458,12 +463,12 @@ def test_at_most_max_concurrent_operations(running_service, catalog):
     # The loop keeps looking; nothing more starts while both slots are
     # taken.
     threading.Event().wait(0.3)
-    assert statuses().count(jobs.RUNNING) == 2
+    assert statuses().count(states.RUNNING) == 2
     assert len(stand.started) == 2
     stand.release[stand.started[0]].set()
     _wait(lambda: len(stand.started) == 3)
-    assert statuses().count(jobs.RUNNING) == 2
-    assert statuses().count(jobs.DONE) == 1
+    assert statuses().count(states.RUNNING) == 2
+    assert statuses().count(states.DONE) == 1
     session.close()
 
 
@@ -471,8 +476,8 @@ def test_stop_cancels_after_the_grace_period(running_service, catalog,
                                              monkeypatch):
     session = catalog.session()
     stand = running_service.stand
-    cancellable = jobs.enqueue(session, 'backup', {}).id
-    stuck = jobs.enqueue(session, 'backup', {}).id
+    cancellable = states.enqueue_job(session, 'backup', {}).id
+    stuck = states.enqueue_job(session, 'backup', {}).id
     real = stand.runner
     monkeypatch.setattr(running_service, '_job_runner',
                         lambda job_id: real(job_id, job_id != stuck))
@@ -481,23 +486,23 @@ def test_stop_cancels_after_the_grace_period(running_service, catalog,
     running_service.stop()
     session.expire_all()
     ok = session.get(models.Job, cancellable)
-    assert ok.status == jobs.CANCELLED
+    assert ok.status == states.CANCELLED
     assert 'shutdown_grace_period' in ok.error
     record = api.get_backup(session, ok.backup_id)
-    assert record.status == api.ERROR
+    assert record.status == states.ERROR
     assert 'shutdown_grace_period' in record.fail_reason
     # The one that never stopped: error, job cancelled, and its owner kept
     # so that the next start removes its objects.
     job = session.get(models.Job, stuck)
-    assert job.status == jobs.CANCELLED
+    assert job.status == states.CANCELLED
     stuck_record = api.get_backup(session, running_service.stragglers[0]
                                   .backup_id)
-    assert stuck_record.status == api.ERROR
-    assert stuck_record.owner == operations.owner_id()
+    assert stuck_record.status == states.ERROR
+    assert stuck_record.owner == states.owner_id()
     # If it ends after all, it does not rewrite what the shutdown recorded.
     straggler = running_service.stragglers[0]
     stand.release[stuck].set()
     straggler.done.wait(10)
     session.expire_all()
-    assert session.get(models.Job, stuck).status == jobs.CANCELLED
+    assert session.get(models.Job, stuck).status == states.CANCELLED
     session.close()

@@ -1,0 +1,425 @@
+"""The runner: ``BackupService``, the loop and the shutdown.
+
+One loop looks at the catalog every ``poll_interval`` seconds, claims due
+schedules and queued jobs (atomically, so two services never take the same
+one) and runs each in its own thread, at most ``max_concurrent_operations``
+at a time. Under eventlet (oslo.service's default backend, the process
+monkey-patched) those threads are green threads and the engine moves its
+CPU work to native threads itself; under the threading backend they are
+native threads.
+
+Shutdown (SIGTERM): no new work is taken; running operations get
+``shutdown_grace_period`` seconds to finish; the rest are cancelled through
+their backup record (status ``deleting``, which the engine checks between
+objects: it stops and removes what it wrote) and end ``error``, never
+``available``. An interrupted backup is therefore never a parent. Records
+that a dead process left busy are found at the next start (their ``owner``
+column names ``host:pid``) and cleaned up the same way.
+"""
+import datetime
+import os
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional
+
+from oslo_config import cfg
+from oslo_log import log as logging
+from sqlalchemy import orm
+
+from chunkbackup.catalog import api
+from chunkbackup.catalog import models
+from chunkbackup.catalog import states
+from chunkbackup import exception
+from chunkbackup import operations
+from chunkbackup import service
+from chunkbackup.service import retention
+from chunkbackup.service import schedules
+
+try:
+    # oslo.service >= 4: the abstract base shared by both backends. Importing
+    # it does not choose a backend (oslo_service.service would).
+    from oslo_service.backend.base import ServiceBase
+except ImportError:  # pragma: no cover - oslo.service < 4 (eventlet only)
+    from oslo_service.service import ServiceBase
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+
+class Operation:
+    """One job or scheduled backup, running in its own thread."""
+
+    def __init__(self, label: str,
+                 run: Callable[[orm.Session, 'Operation'], None],
+                 job_id: Optional[int] = None,
+                 schedule: Optional[str] = None):
+        self.label = label
+        self.run = run
+        self.job_id = job_id
+        self.schedule = schedule
+        self.backup_id: Optional[str] = None
+        self.cancel_requested = False
+        # Set when the shutdown gave up waiting and recorded its end.
+        self.abandoned = False
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+
+def _request_cancel(catalog: api.Catalog, backup_id: str) -> bool:
+    """states.request_cancel in a session of its own."""
+    session = catalog.session()
+    try:
+        return states.request_cancel(session, backup_id)
+    finally:
+        session.close()
+
+
+class BackupService(ServiceBase):
+    """Runs queued jobs and scheduled backups; see the module docstring."""
+
+    def __init__(self, conf: cfg.ConfigOpts = CONF):
+        super().__init__()
+        # Nothing is opened here: under the threading backend this object
+        # is built in the parent process and forked into the worker.
+        self.conf = conf
+        self.catalog = None
+        self.owner = None
+        self.schedules: List[schedules.ScheduleSpec] = []
+        self._last_run: Dict[tuple, datetime.datetime] = {}
+        self._ops: List[Operation] = []
+        self._ops_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_started = False
+        self._reload_requested = False
+        self._loop_thread: Optional[threading.Thread] = None
+        self.stragglers: List[Operation] = []
+
+    @property
+    def options(self) -> cfg.ConfigOpts.GroupAttr:
+        return self.conf[service.GROUP]
+
+    # ServiceBase -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.owner = states.owner_id()
+        LOG.info('chunkbackup-backup %s starting.', self.owner)
+        self.catalog = api.Catalog()
+        session = self.catalog.session()
+        try:
+            cleaned = operations.cleanup_interrupted(
+                session, current_pid=os.getpid())
+            if cleaned:
+                LOG.info('Cleaned up %d interrupted backup(s).', len(cleaned))
+        except Exception:
+            LOG.exception('The clean-up of interrupted backups failed; '
+                          'going on.')
+        finally:
+            session.close()
+        self._load_schedules()
+        self._loop_thread = threading.Thread(
+            target=self._loop, name='chunkbackup-scheduler', daemon=True)
+        self._loop_thread.start()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def reset(self) -> None:
+        """SIGHUP: oslo.service re-read the configuration files."""
+        LOG.info('Configuration reloaded; re-reading the schedules.')
+        service.ensure_shutdown_timeout(self.conf)
+        self._reload_requested = True
+        self._wake.set()
+
+    def stop(self, graceful: bool = True) -> None:
+        if self._stop_started:
+            self._stopped.wait()
+            return
+        self._stop_started = True
+        try:
+            self._shutdown()
+        finally:
+            self._stopped.set()
+
+    # The loop ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._load_schedules()
+                self._reap()
+                self._fill()
+            except Exception:
+                # A locked or unreachable catalog must not end the service.
+                LOG.exception('Looking for work failed; trying again in '
+                              '%s s.', self.options.poll_interval)
+            self._wake.wait(self.options.poll_interval)
+            self._wake.clear()
+
+    def _load_schedules(self) -> None:
+        specs = schedules.config_schedules(self.conf)
+        session = self.catalog.session()
+        try:
+            for spec in specs:
+                if spec.key not in self._last_run:
+                    last = schedules.last_scheduled_backup(session, spec)
+                    if last is not None:
+                        self._last_run[spec.key] = last
+        finally:
+            session.close()
+        self.schedules = specs
+        LOG.info('Schedules from the configuration: %s',
+                 ', '.join('%s (%s every %d s)' % (s.name, s.volume,
+                                                   s.interval)
+                           for s in specs) or 'none')
+
+    def _reap(self) -> None:
+        with self._ops_lock:
+            self._ops = [op for op in self._ops if not op.done.is_set()]
+
+    def _running(self) -> List[Operation]:
+        with self._ops_lock:
+            return [op for op in self._ops if not op.done.is_set()]
+
+    def _fill(self) -> None:
+        free = self.options.max_concurrent_operations - len(self._running())
+        if free <= 0:
+            return
+        session = self.catalog.session()
+        try:
+            for spec in self._due_schedules(session):
+                if free <= 0 or self._stopping.is_set():
+                    return
+                self._start(Operation(
+                    'scheduled backup %s of %s' % (spec.name, spec.volume),
+                    self._scheduled_backup_runner(spec),
+                    schedule=spec.name))
+                free -= 1
+            while free > 0 and not self._stopping.is_set():
+                job = states.claim_job(session, self.owner)
+                if job is None:
+                    return
+                self._start(Operation('job %d (%s)' % (job.id, job.kind),
+                                      self._job_runner(job.id),
+                                      job_id=job.id))
+                free -= 1
+        finally:
+            session.close()
+
+    def _due_schedules(self, session: orm.Session
+                       ) -> Iterable[schedules.ScheduleSpec]:
+        running = {op.schedule for op in self._running() if op.schedule}
+        names = {s.name for s in self.schedules}
+        specs = list(self.schedules)
+        for spec in schedules.catalog_schedules(session):
+            if spec.name in names:
+                LOG.warning('Schedule %s is both in the configuration and '
+                            'in the catalog; the configuration wins.',
+                            spec.name)
+                continue
+            specs.append(spec)
+        for spec in specs:
+            if spec.name in running:
+                continue
+            now = models.utcnow()
+            if spec.source == 'catalog':
+                if schedules.claim_catalog_schedule(session, spec, now):
+                    yield spec
+                continue
+            last = self._last_run.get(spec.key)
+            if last is None or last + datetime.timedelta(
+                    seconds=spec.interval) <= now:
+                self._last_run[spec.key] = now
+                yield spec
+
+    def _start(self, op: Operation) -> None:
+        LOG.info('Starting %s.', op.label)
+        op.thread = threading.Thread(target=self._execute, args=(op,),
+                                     name='chunkbackup-op', daemon=True)
+        with self._ops_lock:
+            self._ops.append(op)
+        op.thread.start()
+
+    # Operations -----------------------------------------------------------
+
+    def _execute(self, op: Operation) -> None:
+        session = self.catalog.session()
+        status, error = states.DONE, None
+        try:
+            op.run(session, op)
+        except exception.ChunkBackupError as e:
+            session.rollback()
+            status, error = states.FAILED, e.msg
+        except Exception as e:
+            session.rollback()
+            status, error = states.FAILED, '%s: %s' % (type(e).__name__, e)
+            # Not one of our errors (a bug?): keep the traceback.
+            LOG.exception('%s failed unexpectedly.', op.label)
+        if op.cancel_requested and status != states.DONE:
+            status = states.CANCELLED
+            error = ('cancelled: the service was stopped and its '
+                     'shutdown_grace_period ran out (%s)' % error)
+        if status == states.DONE:
+            LOG.info('%s finished.', op.label)
+        elif status == states.CANCELLED:
+            LOG.warning('%s: %s', op.label, error)
+        else:
+            LOG.error('%s failed: %s', op.label, error)
+        try:
+            if op.abandoned:
+                # The shutdown has recorded how this ended; keep it.
+                return
+            if status == states.CANCELLED and op.backup_id:
+                # Say why in the record, not only that it was cancelled.
+                states.explain_failure(session, op.backup_id, error)
+            if op.job_id is not None:
+                job = session.get(models.Job, op.job_id)
+                if job is not None:
+                    states.finish_job(session, job, status, error=error,
+                                      backup_id=op.backup_id)
+        except Exception:
+            LOG.exception('Could not record the end of %s.', op.label)
+        finally:
+            session.close()
+            op.done.set()
+            self._wake.set()
+
+    def _created(self, session, op: Operation):
+        """on_created hook: remember the record, honour an early cancel."""
+        def created(record):
+            with op.lock:
+                op.backup_id = record.id
+                cancelled = op.cancel_requested
+            if op.job_id is not None:
+                states.link_job_backup(session, op.job_id, record.id)
+            if cancelled:
+                _request_cancel(self.catalog, record.id)
+        return created
+
+    def _job_runner(self, job_id: int) -> Callable:
+        def run(session, op):
+            job = session.get(models.Job, job_id)
+            if job.kind != 'backup':
+                raise operations.OperationError(
+                    reason='job %d is of kind %r; this service runs backup '
+                           'jobs' % (job.id, job.kind))
+            params = dict(job.params or {})
+            if not params.get('volume'):
+                raise operations.OperationError(
+                    reason='job %d names no volume' % job.id)
+            operations.create_backup(
+                session, params['volume'],
+                incremental=bool(params.get('incremental')),
+                name=params.get('name'),
+                description=params.get('description'),
+                volume_id=params.get('volume_id'),
+                container=params.get('container'),
+                on_created=self._created(session, op))
+        return run
+
+    def _scheduled_backup_runner(self, spec: schedules.ScheduleSpec
+                                 ) -> Callable:
+        def run(session, op):
+            volume_id = spec.effective_volume_id
+            incremental = schedules.wants_incremental(session, spec)
+            kwargs = dict(name=schedules.schedule_backup_name(spec.name),
+                          description='scheduled backup (%s schedule %s)'
+                                      % (spec.source, spec.name),
+                          volume_id=volume_id, container=spec.container,
+                          on_created=self._created(session, op))
+            try:
+                record = operations.create_backup(
+                    session, spec.volume, incremental=incremental, **kwargs)
+            except exception.ParentMismatch as e:
+                if op.cancel_requested:
+                    raise
+                LOG.warning('Schedule %(s)s: %(err)s; making a full backup '
+                            'instead.', {'s': spec.name, 'err': e.msg})
+                record = operations.create_backup(
+                    session, spec.volume, incremental=False, **kwargs)
+            LOG.info('Schedule %(s)s: %(kind)s backup %(id)s of %(vol)s is '
+                     'available.', {'s': spec.name, 'id': record.id,
+                                    'vol': spec.volume,
+                                    'kind': 'incremental'
+                                    if record.parent_id else 'full'})
+            try:
+                retention.apply_retention(
+                    session, volume_id, spec.retain_full,
+                    should_stop=lambda: op.cancel_requested)
+            except Exception:
+                LOG.exception('Retention of schedule %s failed; the next '
+                              'run tries again.', spec.name)
+                session.rollback()
+        return run
+
+    # Shutdown -------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join()
+        running = self._running()
+        if not running:
+            LOG.info('Stopped; no operation was running.')
+            return
+        grace = self.options.shutdown_grace_period
+        LOG.info('Stopping: waiting up to %(g)d s for %(n)d running '
+                 'operation(s): %(ops)s.',
+                 {'g': grace, 'n': len(running),
+                  'ops': ', '.join(op.label for op in running)})
+        self._wait_for(running, grace)
+        left = [op for op in running if not op.done.is_set()]
+        if not left:
+            LOG.info('Stopped; every running operation finished.')
+            return
+        for op in left:
+            LOG.warning('Cancelling %s: the grace period is over.', op.label)
+            with op.lock:
+                op.cancel_requested = True
+                backup_id = op.backup_id
+            if backup_id:
+                try:
+                    _request_cancel(self.catalog, backup_id)
+                except Exception:
+                    LOG.exception('Could not cancel backup %s.', backup_id)
+        self._wait_for(left, service.CANCEL_WAIT)
+        self.stragglers = [op for op in left if not op.done.is_set()]
+        for op in self.stragglers:
+            self._give_up(op)
+        LOG.info('Stopped; %d operation(s) cancelled.', len(left))
+
+    @staticmethod
+    def _wait_for(ops: List[Operation], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for op in ops:
+            op.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _give_up(self, op: Operation) -> None:
+        """An operation that did not stop in time: record the truth.
+
+        Its backup ends error, with the owner left in place so that the
+        next start removes its objects (this process may still be writing
+        some until it exits).
+        """
+        LOG.error('%s did not stop in time; its backup is set to error and '
+                  'its objects are removed at the next start.', op.label)
+        op.abandoned = True
+        session = self.catalog.session()
+        try:
+            if op.backup_id:
+                states.abandon_backup(
+                    session, op.backup_id,
+                    'interrupted: the service stopped before the backup '
+                    'finished')
+            if op.job_id is not None:
+                states.abandon_job(session, op.job_id,
+                                   'cancelled: the service stopped')
+        except Exception:
+            LOG.exception('Could not record the end of %s.', op.label)
+        finally:
+            session.close()
