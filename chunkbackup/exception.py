@@ -76,10 +76,6 @@ class InvalidName(ChunkBackupError):
                "absolute, contain '..' components, NUL or newlines.")
 
 
-class CompressionError(ChunkBackupError):
-    msg_fmt = "%(reason)s"
-
-
 class InvalidChangedExtents(ChunkBackupError):
     # The accepted formats are named in every message: the user chose the
     # tool that made the map and may simply have run it the wrong way.
