@@ -1,6 +1,6 @@
 """Reading and writing the ``_metadata`` and ``_sha256file`` documents.
 
-The format is Cinder's chunked-backup format 1.0.0 (shared FORMAT.md). What
+The format is Cinder's chunked-backup format 1.0.0 (doc/format.md). What
 we read is checked before anything trusts it: a document from a store is
 input, and a wrong type, a missing key or an impossible offset must end in
 a clear error naming the backup and the object, never in a crash, a huge

@@ -1,6 +1,6 @@
 """Object body codecs, by the label stored in ``_metadata``.
 
-The labels and bodies are Cinder's (see FORMAT.md): ``zlib``/``gzip`` is one
+The labels and bodies are Cinder's (doc/format.md): ``zlib``/``gzip`` is one
 zlib stream, ``bz2``/``bzip2`` one bz2 stream, ``zstd`` one frame that carries
 its content size. Decompression is always bounded by the length the metadata
 records, so a corrupt or hostile body cannot make us allocate more than one

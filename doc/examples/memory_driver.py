@@ -100,7 +100,7 @@ class MemoryBackupDriver(chunked.ChunkedBackupDriver):
                     reason='no such object')
 
     def _generate_object_name_prefix(self, backup):
-        # Cinder's object-store naming (FORMAT.md).
+        # Cinder's object-store naming (doc/format.md).
         return 'volume_%s/%s/az_%s_backup_%s' % (
             backup.volume_id, time.strftime('%Y%m%d%H%M%S', time.gmtime()),
             'nova', backup.id)
