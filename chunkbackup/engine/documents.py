@@ -1,0 +1,179 @@
+"""A backup's documents in the store: where they are, reading, writing.
+
+``Location`` names a backup's objects (container and prefix, Cinder's
+layout); ``load_chain`` reads and checks the ``_metadata`` of a backup and
+its ancestors; block maps are streamed to and from ``_sha256file``.
+"""
+import dataclasses
+from typing import Any, Callable, List, Optional
+
+from oslo_log import log as logging
+
+from chunkbackup import backupformat as fmt
+from chunkbackup.engine import blockmap
+from chunkbackup import exception
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a backup's objects live: its container and object prefix."""
+
+    container: str
+    prefix: str
+
+    @classmethod
+    def of(cls, backup: Any) -> 'Location':
+        container = getattr(backup, 'container', None)
+        prefix = getattr(backup, 'service_metadata', None)
+        if not container or not prefix:
+            raise exception.InvalidBackup(
+                reason='backup %s has no container or object prefix in its '
+                       'record: it was never written' % backup.id)
+        return cls(container, prefix)
+
+    def data_object(self, number: int) -> str:
+        return fmt.data_object_name(self.prefix, number)
+
+    @property
+    def metadata(self) -> str:
+        return fmt.metadata_name(self.prefix)
+
+    @property
+    def sha256file(self) -> str:
+        return fmt.sha256file_name(self.prefix)
+
+
+@dataclasses.dataclass
+class Layer:
+    """One backup of a chain with its checked metadata."""
+
+    backup: Any
+    location: Location
+    metadata: fmt.Metadata
+
+    @property
+    def container(self) -> str:
+        return self.location.container
+
+    @property
+    def prefix(self) -> str:
+        return self.location.prefix
+
+    @property
+    def end(self) -> int:
+        """The end of this layer's last object: its volume's size."""
+        return max((e.end for e in self.metadata.objects), default=0)
+
+
+def _missing(backup, location, name, why):
+    return exception.BackupIncomplete(
+        backup_id=backup.id, container=location.container,
+        reason='%s does not exist%s' % (name, why))
+
+
+def read_metadata(store, backup, location: Location) -> fmt.Metadata:
+    try:
+        body = store.get(location.container, location.metadata)
+    except exception.StorageObjectNotFound:
+        raise _missing(backup, location, location.metadata,
+                       ': the backup never finished or was deleted')
+    return fmt.parse_metadata(body, backup.id, location.metadata)
+
+
+def read_block_map(store, backup, location: Location, memory_budget: int,
+                   temp_dir: Optional[str]) -> blockmap.BlockMap:
+    """The backup's ``_sha256file``, streamed into a block map."""
+    try:
+        chunks = store.get_stream(location.container, location.sha256file)
+        return blockmap.read_sha256file(chunks, backup.id,
+                                        location.sha256file, memory_budget,
+                                        temp_dir)
+    except exception.StorageObjectNotFound:
+        raise _missing(backup, location, location.sha256file, '')
+
+
+def load_chain(store, backup, check_listing: bool) -> List[Layer]:
+    """The backup's chain, root (full) first, every document checked."""
+    layers = []
+    seen = set()
+    record = backup
+    while record is not None:
+        if record.id in seen:
+            raise exception.InvalidBackup(
+                reason='the parents of backup %s form a loop at %s'
+                       % (backup.id, record.id))
+        seen.add(record.id)
+        location = Location.of(record)
+        metadata = read_metadata(store, record, location)
+        if (metadata.parent_id or None) != (record.parent_id or None):
+            raise exception.InvalidBackup(
+                reason='backup %s: its record names parent %s but its '
+                       '_metadata names %s' % (record.id, record.parent_id,
+                                               metadata.parent_id))
+        if check_listing:
+            _check_listing(store, record, location, metadata)
+        layers.append(Layer(record, location, metadata))
+        parent = None
+        if record.parent_id:
+            parent = getattr(record, 'parent', None)
+            if parent is None:
+                raise exception.InvalidBackup(
+                    reason='parent %s of backup %s is missing from the '
+                           'catalog; import or rebuild its record first'
+                           % (record.parent_id, record.id))
+        record = parent
+    layers.reverse()
+    return layers
+
+
+def _check_listing(store, record, location, metadata):
+    names = set(store.list(location.container, location.prefix))
+    names -= {location.metadata, location.sha256file}
+    expected = {entry.name for entry in metadata.objects}
+    missing = sorted(expected - names)
+    if missing:
+        raise exception.BackupIncomplete(
+            backup_id=record.id, container=location.container,
+            reason='%d object(s) named in _metadata are missing, first %s'
+                   % (len(missing), missing[0]))
+    extra = names - expected
+    if extra:
+        LOG.warning('Container %(c)s holds %(n)d object(s) with the prefix '
+                    'of backup %(id)s that its _metadata does not name '
+                    '(ignored), e.g. %(e)s',
+                    {'c': location.container, 'n': len(extra),
+                     'id': record.id, 'e': sorted(extra)[0]})
+
+
+def common_fields(backup) -> dict:
+    """The keys ``_metadata`` and ``_sha256file`` share."""
+    return {
+        'backup_id': backup.id,
+        'volume_id': backup.volume_id,
+        'backup_name': getattr(backup, 'display_name', None),
+        'backup_description': getattr(backup, 'display_description', None),
+        'created_at': str(getattr(backup, 'created_at', None)),
+    }
+
+
+def write_documents(store, backup, location: Location,
+                    entries: List[fmt.ObjectEntry],
+                    block_map: blockmap.BlockMap, volume_meta: Optional[str],
+                    extra_metadata, flush: Callable[[], None]) -> None:
+    """``_sha256file`` then ``_metadata``, each made durable in turn.
+
+    A backup whose ``_metadata`` exists is complete, so it goes last.
+    """
+    common = common_fields(backup)
+    store.put_stream(location.container, location.sha256file,
+                     blockmap.sha256file_chunks(block_map, common),
+                     extra_metadata)
+    flush()
+    metadata = fmt.Metadata(
+        parent_id=backup.parent_id or None, objects=entries,
+        volume_meta=volume_meta, extra_metadata=extra_metadata, **common)
+    store.put(location.container, location.metadata,
+              fmt.dumps(metadata.to_json()), extra_metadata)
+    flush()

@@ -1,0 +1,74 @@
+"""The engine's settings as one typed object.
+
+The engine never reads oslo.config itself: ``ChunkedBackupDriver`` builds
+an ``EngineOptions`` from ``[chunkbackup]`` and the driver's object size,
+so tests and other callers pass plain values.
+"""
+import dataclasses
+from typing import Optional
+
+from chunkbackup import compression
+from chunkbackup import concurrency
+from chunkbackup import exception
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    object_size: int
+    sha_block_size: int = 32768
+    compression_algorithm: str = 'zstd'
+    compression_level: Optional[int] = None
+    objects_in_flight: int = 4
+    cpu_workers: int = 0
+    incremental_merge_gap: int = 0
+    restore_check_md5: bool = False
+    cancel_check_interval: float = 1.0
+    skip_holes: bool = True
+    changed_extents_sample: float = 0.03
+    block_map_memory: int = 16 * 2 ** 20
+    temp_dir: Optional[str] = None
+    # Names the object size option in errors (it is a driver option).
+    object_size_option: str = 'object_size'
+
+    def __post_init__(self):
+        if self.object_size <= 0 or self.object_size % self.sha_block_size:
+            raise exception.InvalidConfiguration(
+                reason='%s = %s must be a positive multiple of '
+                       '[chunkbackup] sha_block_size = %d' % (
+                           self.object_size_option, self.object_size,
+                           self.sha_block_size))
+
+    @classmethod
+    def from_conf(cls, conf, object_size: int,
+                  object_size_option: str = 'object_size'
+                  ) -> 'EngineOptions':
+        """From the ``[chunkbackup]`` group of an oslo.config object."""
+        return cls(
+            object_size=object_size,
+            object_size_option=object_size_option,
+            sha_block_size=conf.sha_block_size,
+            compression_algorithm=conf.compression_algorithm,
+            compression_level=conf.compression_level,
+            objects_in_flight=conf.objects_in_flight,
+            cpu_workers=conf.cpu_workers,
+            incremental_merge_gap=conf.incremental_merge_gap,
+            restore_check_md5=conf.restore_check_md5,
+            cancel_check_interval=conf.cancel_check_interval,
+            skip_holes=conf.skip_holes,
+            changed_extents_sample=conf.changed_extents_sample,
+            block_map_memory=conf.block_map_memory,
+            temp_dir=conf.temp_dir)
+
+    @property
+    def cpu_threads(self) -> int:
+        return self.cpu_workers or concurrency.cpu_count()
+
+    @property
+    def io_threads(self) -> int:
+        # Small objects (an incremental's runs) mostly wait for the store;
+        # more of them may be in flight than large ones.
+        return max(self.objects_in_flight, 16)
+
+    def compressor(self) -> compression.Compressor:
+        return compression.Compressor(self.compression_algorithm,
+                                      self.compression_level)

@@ -1,0 +1,249 @@
+"""Where a backup reads a volume from, and which of its ranges need reading.
+
+A source knows the volume's size, can read a range, and may know which
+ranges hold data at all (a regular file through SEEK_DATA/SEEK_HOLE, an NBD
+export through ``base:allocation``). ``classify`` then splits the volume's
+blocks into three kinds, in volume order:
+
+- READ: read and hash them;
+- HOLE: unallocated, so zeros: their digest is known without reading;
+- KNOWN: a changed-block map says they did not change since the parent:
+  their digest is the parent's.
+"""
+import dataclasses
+import errno
+import os
+import stat
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+Range = Tuple[int, int]  # [start, end) in bytes
+
+READ = 'read'
+HOLE = 'hole'
+KNOWN = 'known'
+
+
+def volume_size_of(volume_file) -> int:
+    """The size of a volume, from the file object itself.
+
+    Block devices report 0 in stat, but seek to their end.
+    """
+    here = volume_file.tell()
+    volume_file.seek(0, os.SEEK_END)
+    size = volume_file.tell()
+    volume_file.seek(here)
+    return size
+
+
+def descriptor_of(volume_file, kinds=(stat.S_ISREG, stat.S_ISBLK)
+                  ) -> Optional[int]:
+    """The descriptor behind a volume file object, if it is of ``kinds``.
+
+    Works through eventlet's tpool proxy (its ``fileno`` is proxied).
+    """
+    try:
+        fd = volume_file.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None  # os-brick's file-like devices have none
+    if not isinstance(fd, int):
+        return None
+    return fd if any(kind(mode) for kind in kinds) else None
+
+
+class VolumeSource:
+    """A volume to back up."""
+
+    size: int = 0
+    # Reads may come from several threads at once (pread).
+    parallel_reads = False
+    description = 'volume'
+
+    def data_ranges(self) -> Optional[Iterator[Range]]:
+        """Ranges that may hold data, in order; None when unknown."""
+        return None
+
+    def read_into(self, offset: int, buffer) -> int:
+        """Fill ``buffer`` from ``offset``; fewer bytes only at the end."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FileSource(VolumeSource):
+    """A regular file or block device, read with pread."""
+
+    parallel_reads = True
+
+    def __init__(self, fd: int, size: int, skip_holes: bool):
+        self.fd = fd
+        self.size = size
+        self.is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        self.skip_holes = skip_holes and self.is_regular
+        self.description = 'file' if self.is_regular else 'block device'
+
+    def data_ranges(self) -> Optional[Iterator[Range]]:
+        if not self.skip_holes:
+            return None
+        return file_data_ranges(self.fd, self.size)
+
+    def read_into(self, offset, buffer):
+        view = memoryview(buffer)
+        filled = 0
+        while filled < len(view):
+            n = os.preadv(self.fd, [view[filled:]], offset + filled)
+            if not n:
+                break
+            filled += n
+        return filled
+
+
+def file_data_ranges(fd: int, size: int) -> Iterator[Range]:
+    """The allocated ranges of a regular file (SEEK_DATA / SEEK_HOLE)."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            if e.errno == errno.EINVAL:  # not supported: all is data
+                yield offset, size
+                return
+            raise
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        offset = end
+
+
+class StreamSource(VolumeSource):
+    """A file object without a descriptor: read in order, whole."""
+
+    description = 'file object'
+
+    def __init__(self, volume_file, size: int):
+        self.file = volume_file
+        self.size = size
+        self.position = None
+
+    def read_into(self, offset, buffer):
+        if self.position != offset:
+            self.file.seek(offset)
+        view = memoryview(buffer)
+        filled = 0
+        readinto = getattr(self.file, 'readinto', None)
+        while filled < len(view):
+            if readinto is not None:
+                n = readinto(view[filled:])
+            else:
+                data = self.file.read(len(view) - filled)
+                n = len(data)
+                view[filled:filled + n] = data
+            if not n:
+                break
+            filled += n
+        self.position = offset + filled
+        return filled
+
+
+def open_source(volume_file, skip_holes: bool) -> VolumeSource:
+    """The source of a volume file object (Cinder's or the CLI's)."""
+    if isinstance(volume_file, VolumeSource):
+        return volume_file
+    size = volume_size_of(volume_file)
+    fd = descriptor_of(volume_file)
+    if fd is not None:
+        if hasattr(volume_file, 'flush'):
+            try:
+                volume_file.flush()  # what a caller wrote must be read
+            except (OSError, ValueError):
+                pass
+        return FileSource(fd, size, skip_holes)
+    return StreamSource(volume_file, size)
+
+
+# ----------------------------------------------------------------------
+# Which blocks to read.
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Blocks [first, end) of one kind."""
+
+    first: int
+    end: int
+    kind: str
+
+
+def to_blocks(ranges: Iterable[Range], block_size: int,
+              limit: int) -> List[Tuple[int, int]]:
+    """Byte ranges widened to whole blocks, merged, clipped to ``limit``."""
+    out: List[List[int]] = []
+    for start, end in ranges:
+        first = start // block_size
+        last = min(-(-end // block_size), limit)
+        if first >= last:
+            continue
+        if out and first <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], last)
+        else:
+            out.append([first, last])
+    return [(a, b) for a, b in out]
+
+
+def classify(block_count: int, data_blocks: Optional[List[Tuple[int, int]]],
+             changed_blocks: Optional[List[Tuple[int, int]]],
+             parent_blocks: int) -> Iterator[Segment]:
+    """Segments of READ, HOLE and KNOWN blocks covering the volume in order.
+
+    ``data_blocks`` None means every block may hold data;
+    ``changed_blocks`` None means no changed-block map. Blocks past the
+    parent's end are never KNOWN: the parent has no digest for them.
+    """
+    data = [(0, block_count)] if data_blocks is None else data_blocks
+    # Points where the kind may change; walk them once.
+    unchanged: List[Tuple[int, int]] = []
+    if changed_blocks is not None:
+        cursor = 0
+        for first, end in changed_blocks:
+            if first > cursor:
+                unchanged.append((cursor, min(first, parent_blocks)))
+            cursor = max(cursor, end)
+        unchanged.append((cursor, parent_blocks))
+        unchanged = [(a, b) for a, b in unchanged if a < b]
+    segment = None
+    for kind, first, end in _overlay(block_count, data, unchanged):
+        if segment and segment[0] == kind and segment[2] == first:
+            segment[2] = end
+            continue
+        if segment:
+            yield Segment(segment[1], segment[2], segment[0])
+        segment = [kind, first, end]
+    if segment:
+        yield Segment(segment[1], segment[2], segment[0])
+
+
+def _overlay(block_count, data, unchanged):
+    """(kind, first, end) pieces: HOLE outside data, KNOWN in unchanged."""
+    bounds = {0, block_count}
+    for ranges in (data, unchanged):
+        for a, b in ranges:
+            bounds.add(min(a, block_count))
+            bounds.add(min(b, block_count))
+    points = sorted(bounds)
+    di = ui = 0
+    for first, end in zip(points, points[1:]):
+        while di < len(data) and data[di][1] <= first:
+            di += 1
+        while ui < len(unchanged) and unchanged[ui][1] <= first:
+            ui += 1
+        in_data = di < len(data) and data[di][0] <= first
+        in_unchanged = ui < len(unchanged) and unchanged[ui][0] <= first
+        if not in_data:
+            yield HOLE, first, end
+        elif in_unchanged:
+            yield KNOWN, first, end
+        else:
+            yield READ, first, end
