@@ -373,7 +373,7 @@ class NbdClient:
         aligned_end = min(-(-end // self.min_block) * self.min_block,
                           self.size)
         while pos < end:
-            start = pos - pos % self.min_block
+            start, before = pos - pos % self.min_block, pos
             ask = min(aligned_end - start, MAX_EFFECT_LENGTH)
             reply = self._transact(NBD_CMD_BLOCK_STATUS, start, ask)
             wanted = self._context_ids[context]
@@ -396,6 +396,9 @@ class NbdClient:
                 start += ext_len
                 if start >= end:
                     break
+            if pos == before:
+                self._fail('block status reply made no progress at offset %d'
+                           % pos)
         return extents
 
     def close(self) -> None:
