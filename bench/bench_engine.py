@@ -110,7 +110,7 @@ def run_op(args):
     from oslo_config import cfg
 
     from chunkbackup.drivers import posix
-    from chunkbackup.record import BackupRecord
+    from chunkbackup.testing.record import BackupRecord
 
     cfg.CONF([], project='chunkbackup', default_config_files=[])
     cfg.CONF.set_override('path', args.root, 'backup_posix')

@@ -31,16 +31,33 @@ class BufferedWriter:
 
 
 class Reader:
-    """``read()`` returns ``download()``: the whole body."""
+    """Reads what ``download()`` returns: the whole body, fetched once.
+
+    ``read()`` returns the rest of it, ``read(size)`` at most ``size``
+    bytes of it (b'' at the end), so the store can hand it on in chunks.
+    """
 
     def __init__(self, download: Callable[[], bytes]):
         self._download = download
+        self._body = None
+        self._offset = 0
 
     def __enter__(self):
         return self
 
-    def read(self) -> bytes:
-        return self._download()
+    def read(self, size: int = -1) -> bytes:
+        if self._body is None:
+            self._body = self._download()
+        start = self._offset
+        if start == 0 and (size is None or size < 0 or
+                           size >= len(self._body)):
+            self._offset = len(self._body)
+            return self._body  # the common case: no copy
+        end = (len(self._body) if size is None or size < 0
+               else min(len(self._body), start + size))
+        self._offset = end
+        return self._body[start:end]
 
     def __exit__(self, exc_type, exc, tb):
+        self._body = None
         return False

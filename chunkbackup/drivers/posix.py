@@ -7,15 +7,17 @@ with the backup's prefix, fsync'd, and renamed into place, so a listing
 never shows a partial object. Modes follow Cinder's: 0770 directories,
 0660 files. No path resolves outside the backup root.
 """
+import dataclasses
 import os
 import tempfile
-from typing import List
+from typing import List, Optional
 
 from oslo_config import cfg
 from oslo_log import log as logging
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import chunked
+from chunkbackup.drivers import options
 from chunkbackup import exception
 from chunkbackup import names
 
@@ -32,15 +34,17 @@ OPTS = [
                help='Directory that holds the backups (the backup root). '
                     'Unset means $XDG_DATA_HOME/chunkbackup/backups, i.e. '
                     '~/.local/share/chunkbackup/backups.'),
-    cfg.IntOpt('object_size',
-               default=32 * 1024 * 1024,
-               min=1,
-               help='Largest data object in bytes; a multiple of '
-                    '[chunkbackup] sha_block_size. Memory use grows with '
-                    'it (see objects_in_flight).'),
+    options.object_size_opt(32 * options.MiB),
 ]
 
 CONF.register_opts(OPTS, group=GROUP)
+
+
+@dataclasses.dataclass(frozen=True)
+class PosixOptions(options.DriverOptions):
+    GROUP = GROUP
+
+    path: Optional[str]
 
 
 def default_backup_root() -> str:
@@ -81,17 +85,21 @@ class _ObjectWriter:
 
 
 class _ObjectReader:
+    """Reads the object's file: whole, or ``size`` bytes at a time."""
+
     def __init__(self, path: str):
         self.path = path
+        self._file = None
 
     def __enter__(self):
+        self._file = open(self.path, 'rb')
         return self
 
-    def read(self) -> bytes:
-        with open(self.path, 'rb') as f:
-            return f.read()
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
 
     def __exit__(self, exc_type, exc, tb):
+        self._file.close()
         return False
 
 
@@ -99,11 +107,11 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
     """Cinder-compatible posix driver: a directory tree of object files."""
 
     def __init__(self, context, db=None, backup_path: str = None):
-        conf = CONF[GROUP]
-        super().__init__(context, object_size=conf.object_size,
-                         object_size_option='[%s] object_size' % GROUP,
+        self.options = PosixOptions.from_conf(CONF[GROUP])
+        super().__init__(context, object_size=self.options.object_size,
+                         object_size_option=self.options.object_size_option,
                          db=db)
-        path = backup_path or conf.path or default_backup_root()
+        path = backup_path or self.options.path or default_backup_root()
         self.backup_root = os.path.realpath(os.path.expanduser(path))
 
     # Paths --------------------------------------------------------------

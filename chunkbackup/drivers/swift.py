@@ -9,12 +9,10 @@ Every object is written in one PUT that carries the MD5 of its body as
 Auth: ``single_user`` logs in with the configured credentials (tempauth /
 v1, or Keystone v3 through a keystoneauth session shared by all threads);
 ``per_user`` uses the token and service catalog of the request context, as
-Cinder's driver does. Retries are the engine's (chunkbackup.storage): the
-swiftclient connections never retry, and this module only says which
-failures are transient.
+Cinder's driver does. swiftclient never retries: the storage seam retries
+what ``classify_error`` calls transient. Options: ``swift_options``.
 """
 import contextlib
-import hashlib
 import http.client
 import threading
 import time
@@ -30,111 +28,31 @@ from swiftclient import client as swift_client
 from swiftclient import exceptions as swift_exc
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import checksums
 from chunkbackup import chunked
+from chunkbackup.drivers import swift_options
 from chunkbackup import exception
+from chunkbackup import logsecrets
 from chunkbackup import objectio
+from chunkbackup import storage
+from chunkbackup.storage import errors
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
-GROUP = 'backup_swift'
+GROUP = swift_options.GROUP
+OPTS = swift_options.OPTS
+SwiftOptions = swift_options.SwiftOptions
 OBJECT_STORE = 'object-store'
 # 422: the body Swift received does not match the ETag we sent, i.e. it was
 # damaged on the way; sending the same bytes again is the cure.
 TRANSIENT_STATUSES = frozenset((408, 422, 429, 498, 499))
-
-OPTS = [
-    cfg.StrOpt('auth_mode',
-               default='single_user',
-               choices=[('single_user', 'Log in with [backup_swift] user and '
-                                        'key.'),
-                        ('per_user', 'Use the token and the service catalog '
-                                     'of the request (inside cinder-backup: '
-                                     'backups go to the user\'s account).')],
-               help='Whose credentials reach Swift. Cinder\'s default is '
-                    'per_user; standalone use needs single_user.'),
-    cfg.StrOpt('auth_url',
-               help='Identity endpoint for single_user mode: the tempauth / '
-                    'v1 URL (e.g. http://swift:8080/auth/v1.0) or the '
-                    'Keystone v3 URL (e.g. https://keystone:5000/v3).'),
-    cfg.StrOpt('auth_version',
-               default='1',
-               choices=[('1', 'Swift v1 auth (tempauth, swauth).'),
-                        ('3', 'Keystone v3.')],
-               help='Auth protocol of auth_url.'),
-    cfg.StrOpt('user',
-               help='User name for single_user mode (v1: account:user).'),
-    cfg.StrOpt('key',
-               secret=True,
-               help='Key or password of user.'),
-    cfg.StrOpt('project_name',
-               help='Keystone v3 project to scope to.'),
-    cfg.StrOpt('project_domain_name',
-               help='Keystone v3 domain of project_name (e.g. Default).'),
-    cfg.StrOpt('user_domain_name',
-               help='Keystone v3 domain of user (e.g. Default).'),
-    cfg.StrOpt('region_name',
-               help='Region of the object-store endpoint to use, when the '
-                    'service catalog has several.'),
-    cfg.StrOpt('interface',
-               default='public',
-               choices=['public', 'internal', 'admin'],
-               help='Which object-store endpoint of the Keystone catalog to '
-                    'use (auth_version = 3).'),
-    cfg.StrOpt('url',
-               help='per_user mode: Swift URL to which the project id of '
-                    'the request is appended (e.g. '
-                    'http://swift:8080/v1/AUTH_). Unset means the endpoint '
-                    'from the request\'s service catalog (catalog_info).'),
-    cfg.StrOpt('catalog_info',
-               default='object-store:swift:publicURL',
-               help='per_user mode without url: the catalog entry to use, '
-                    'as <service_type>:<service_name>:<endpoint_type>.'),
-    cfg.StrOpt('container',
-               default='volumebackups',
-               help='Container for backups that do not name one.'),
-    cfg.BoolOpt('create_container',
-                default=True,
-                help='Create a missing container. When false a missing '
-                     'container is an error (for accounts where containers '
-                     'are created by an administrator).'),
-    cfg.StrOpt('storage_policy',
-               help='Storage policy of the containers this driver creates. '
-                    'An existing container keeps its own policy.'),
-    cfg.IntOpt('object_size',
-               default=52428800,
-               min=1,
-               help='Largest data object in bytes; a multiple of '
-                    '[chunkbackup] sha_block_size. Memory use grows with it '
-                    '(see objects_in_flight).'),
-    cfg.StrOpt('availability_zone',
-               default='nova',
-               help='Availability zone written into object names '
-                    '(az_<zone>), as Cinder does with '
-                    'storage_availability_zone.'),
-    cfg.StrOpt('ca_certificate_file',
-               help='CA bundle to verify Swift and Keystone TLS '
-                    'certificates. Unset means the system bundle.'),
-    cfg.BoolOpt('insecure',
-                default=False,
-                help='Do not verify TLS certificates (tests only).'),
-    cfg.FloatOpt('timeout',
-                 default=60.0,
-                 min=0.1,
-                 help='Seconds to wait to connect to Swift or Keystone and '
-                      'for each read of an answer.'),
-]
-
-CONF.register_opts(OPTS, group=GROUP)
-
-
-def _md5_hex(data) -> str:
-    # Not for security: Swift's ETag (FIPS hosts allow it).
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _status(exc: BaseException) -> Optional[int]:
-    return getattr(exc, 'http_status', None)
+_TLS_ERRORS = (requests.exceptions.SSLError, ks_exc.SSLError)
+_HTTP_ERRORS = (swift_exc.ClientException, ks_exc.HttpError)
+_TRANSPORT_ERRORS = (requests.exceptions.ConnectionError,
+                     requests.exceptions.Timeout,
+                     requests.exceptions.ChunkedEncodingError,
+                     http.client.HTTPException)
 
 
 class SwiftBackupDriver(chunked.ChunkedBackupDriver):
@@ -145,11 +63,12 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     listing_page_size: Optional[int] = None
 
     def __init__(self, context, db=None):
-        conf = CONF[GROUP]
-        super().__init__(context, object_size=conf.object_size,
-                         object_size_option='[%s] object_size' % GROUP,
+        self.options = SwiftOptions.from_conf(CONF[GROUP])
+        super().__init__(context, object_size=self.options.object_size,
+                         object_size_option=self.options.object_size_option,
                          db=db)
-        self.conf = conf
+        for library in ('swiftclient', 'keystoneauth'):
+            logsecrets.hide_in_logs(library, (), self.options.key)
         # swiftclient connections are not thread-safe: one per thread.
         # threading.local, not a native-thread local: under eventlet the
         # I/O workers are green threads sharing one native thread, and each
@@ -168,7 +87,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         return conn
 
     def _new_connection(self) -> swift_client.Connection:
-        conf = self.conf
+        conf = self.options
         common = dict(retries=0, starting_backoff=0,
                       cacert=conf.ca_certificate_file,
                       insecure=conf.insecure, timeout=conf.timeout)
@@ -179,7 +98,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                 preauthurl=self._per_user_url(),
                 preauthtoken=getattr(self.context, 'auth_token', None),
                 **common)
-        self._check_credentials()
+        self.options.check_credentials()
         if conf.auth_version == '1':
             return swift_client.Connection(
                 authurl=conf.auth_url, user=conf.user, key=conf.key,
@@ -198,7 +117,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     def _keystone_session(self):
         with self._lock:
             if self._keystone is None:
-                conf = self.conf
+                conf = self.options
                 auth = ks_v3.Password(
                     auth_url=conf.auth_url, username=conf.user,
                     password=conf.key, project_name=conf.project_name,
@@ -222,158 +141,85 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             return self._keystone
 
     def _per_user_url(self) -> str:
-        if self._storage_url:
-            return self._storage_url
-        conf = self.conf
-        if conf.url:
-            project = getattr(self.context, 'project_id', None)
-            if not project:
-                raise exception.InvalidConfiguration(
-                    reason='[%s] auth_mode = per_user needs a request '
-                           'context with a project id' % GROUP)
-            url = '%s%s' % (conf.url, project)
-        else:
-            url = self._catalog_url()
-        self._storage_url = url
-        return url
-
-    def _catalog_url(self) -> str:
-        conf = self.conf
-        try:
-            service_type, _name, endpoint_type = conf.catalog_info.split(':')
-        except ValueError:
-            raise exception.InvalidConfiguration(
-                reason='[%s] catalog_info = %r must have the form '
-                       '<service_type>:<service_name>:<endpoint_type>'
-                       % (GROUP, conf.catalog_info))
-        # Matched by type only, as Cinder does: service names vary.
-        for entry in getattr(self.context, 'service_catalog', None) or []:
-            if entry.get('type') != service_type:
-                continue
-            for endpoint in entry.get('endpoints') or []:
-                if conf.region_name and conf.region_name not in (
-                        endpoint.get('region'), endpoint.get('region_id')):
-                    continue
-                if endpoint.get(endpoint_type):
-                    return endpoint[endpoint_type]
-        raise exception.InvalidConfiguration(
-            reason='the service catalog of the request has no %s endpoint '
-                   'of type %s%s; set [%s] url or catalog_info' % (
-                       endpoint_type, service_type,
-                       ' in region %s' % conf.region_name
-                       if conf.region_name else '', GROUP))
-
-    def _check_credentials(self) -> None:
-        conf = self.conf
-        wanted = ['auth_url', 'user', 'key']
-        if conf.auth_version == '3':
-            wanted += ['project_name', 'project_domain_name',
-                       'user_domain_name']
-        missing = [name for name in wanted if not conf[name]]
-        if missing:
-            raise exception.InvalidConfiguration(
-                reason='[%s] auth_mode = single_user with auth_version = %s '
-                       'needs %s' % (GROUP, conf.auth_version,
-                                     ', '.join(missing)))
+        if not self._storage_url:
+            self._storage_url = self.options.per_user_url(self.context)
+        return self._storage_url
 
     # Errors -------------------------------------------------------------
 
-    def is_transient_error(self, exc: BaseException) -> bool:
-        if isinstance(exc, (requests.exceptions.SSLError, ks_exc.SSLError)):
-            return False  # a certificate problem does not go away
-        if isinstance(exc, (swift_exc.ClientException, ks_exc.HttpError)):
-            status = _status(exc)
-            return (status is None or status >= 500 or
-                    status in TRANSIENT_STATUSES)
-        if isinstance(exc, (requests.exceptions.ConnectionError,
-                            requests.exceptions.Timeout,
-                            requests.exceptions.ChunkedEncodingError,
-                            http.client.HTTPException,
-                            ks_exc.ConnectionError)):
-            return True
-        return super().is_transient_error(exc)
-
-    @contextlib.contextmanager
-    def _swift(self, operation: str, container: str,
-               name: Optional[str] = None):
-        """This thread's connection; failures become chunkbackup errors."""
-        target = container if name is None else '%s/%s' % (container, name)
-        try:
-            yield self._connection()
-        except exception.ChunkBackupError:
-            raise
-        except (swift_exc.ClientException, ks_exc.ClientException,
-                requests.exceptions.RequestException,
-                http.client.HTTPException, OSError) as e:
-            conn = getattr(self._local, 'conn', None)
-            if conn is not None and not isinstance(
-                    e, (swift_exc.ClientException, ks_exc.HttpError)):
-                # The next attempt opens a new HTTP connection (the token
-                # stays valid).
-                conn.close()
-            raise self._translate(e, operation, target,
-                                  name is None) from e
-
-    def _translate(self, e, operation, target, is_container):
-        status = _status(e)
-        kwargs = dict(operation=operation, target=target)
+    def classify_error(self, exc: BaseException) -> errors.Classification:
+        status = getattr(exc, 'http_status', None)
+        if isinstance(exc, _TLS_ERRORS):
+            # A certificate problem does not go away.
+            return errors.FATAL, ('TLS failed (%s); check [%s] '
+                                  'ca_certificate_file or insecure'
+                                  % (exc, GROUP))
         if status in (401, 403):
-            if self.conf.auth_mode == 'per_user':
+            if self.options.auth_mode == 'per_user':
                 advice = ('the token of the request was refused (expired, '
                           'or no access to this account)')
             else:
                 advice = ('check [%s] user/key (and auth_url, auth_version, '
                           'project options)' % GROUP)
-            return exception.StorageAuthError(
-                reason='Swift answered %s: %s' % (status, advice), **kwargs)
-        if status == 404 and operation == 'login':
-            return exception.StorageError(
-                reason='%s answered 404; check [%s] auth_url and '
-                       'auth_version' % (target, GROUP), **kwargs)
+            return errors.AUTH, 'Swift answered %s: %s' % (status, advice)
         if status == 404:
-            if is_container:
-                return exception.StorageContainerNotFound(
-                    reason='no Swift container %s in this account' % target,
-                    **kwargs)
-            return exception.StorageObjectNotFound(
-                reason='Swift answered 404', **kwargs)
-        if isinstance(e, (requests.exceptions.SSLError, ks_exc.SSLError)):
-            return exception.StorageError(
-                reason='TLS failed (%s); check [%s] ca_certificate_file or '
-                       'insecure' % (e, GROUP), **kwargs)
-        transient = self.is_transient_error(e)
-        if isinstance(e, swift_exc.ClientException):
-            reason = str(e)
-        elif isinstance(e, ks_exc.ConnectionError):
-            reason = 'cannot reach Keystone at [%s] auth_url = %s (%s)' % (
-                GROUP, self.conf.auth_url, e)
-        elif transient:
-            reason = 'cannot reach Swift (%s: %s)' % (type(e).__name__, e)
-        else:
-            reason = '%s: %s' % (type(e).__name__, e)
-        cls = (exception.TransientStorageError if transient
-               else exception.StorageError)
-        return cls(reason=reason, **kwargs)
+            return errors.NOT_FOUND, 'Swift answered 404'
+        if isinstance(exc, _HTTP_ERRORS):
+            transient = (status is None or status >= 500 or
+                         status in TRANSIENT_STATUSES)
+            return (errors.TRANSIENT if transient else errors.FATAL,
+                    str(exc) or errors.describe(exc))
+        if isinstance(exc, ks_exc.ConnectionError):
+            return errors.TRANSIENT, (
+                'cannot reach Keystone at [%s] auth_url = %s (%s)'
+                % (GROUP, self.options.auth_url, exc))
+        kind, reason = storage.classify_default(exc)
+        if kind == errors.TRANSIENT or isinstance(exc, _TRANSPORT_ERRORS):
+            return errors.TRANSIENT, 'cannot reach Swift (%s)' % (
+                errors.describe(exc))
+        return kind, reason
+
+    @contextlib.contextmanager
+    def _swift(self):
+        """This thread's connection, renewed after a broken transfer."""
+        conn = self._connection()
+        try:
+            yield conn
+        except _HTTP_ERRORS:
+            raise  # the HTTP framing is intact: keep the connection
+        except Exception:
+            # The next attempt opens a new HTTP connection (the token
+            # stays valid).
+            conn.close()
+            raise
 
     # Hooks --------------------------------------------------------------
 
     def check_for_setup_error(self) -> None:
-        if self.conf.auth_mode == 'per_user':
+        if self.options.auth_mode == 'per_user':
             # There is no user token before a request arrives; only the
             # endpoint configuration can be checked.
-            if not self.conf.url:
+            if not self.options.url:
                 LOG.info('[%s] per_user mode takes the Swift endpoint from '
                          'each request\'s service catalog (%s).', GROUP,
-                         self.conf.catalog_info)
+                         self.options.catalog_info)
             return
-        self._check_credentials()
-        target = self.conf.auth_url
-        with self._swift('login', target) as conn:
-            conn.head_account()
+        self.options.check_credentials()
+        target = self.options.auth_url
+        with storage.translated(self, 'login', target), self._swift() as conn:
+            try:
+                conn.head_account()
+            except swift_exc.ClientException as e:
+                if e.http_status != 404:
+                    raise
+                raise exception.StorageError(
+                    operation='login', target=target,
+                    reason='%s answered 404; check [%s] auth_url and '
+                           'auth_version' % (target, GROUP)) from e
         LOG.info('Swift account %s reachable.', conn.url)
 
     def update_container_name(self, backup, container):
-        container = container or self.conf.container
+        container = container or self.options.container
         if not container or '/' in container or len(container) > 256:
             raise exception.InvalidName(
                 kind='container', name=container,
@@ -381,22 +227,22 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         return container
 
     def put_container(self, container: str) -> None:
-        with self._swift('head_container', container) as conn:
+        with self._swift() as conn:
             try:
                 conn.head_container(container)
                 return
             except swift_exc.ClientException as e:
                 if e.http_status != 404:
                     raise
-        if not self.conf.create_container:
+        if not self.options.create_container:
             raise exception.StorageContainerNotFound(
                 operation='put_container', target=container,
                 reason='[%s] create_container is false: create container '
                        '%s first or allow the driver to create it'
                        % (GROUP, container))
-        policy = self.conf.storage_policy
+        policy = self.options.storage_policy
         headers = {'X-Storage-Policy': policy} if policy else None
-        with self._swift('put_container', container) as conn:
+        with self._swift() as conn:
             conn.put_container(container, headers=headers)
         LOG.info('Created Swift container %(c)s%(p)s.',
                  {'c': container,
@@ -404,7 +250,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
 
     def get_container_entries(self, container: str,
                               prefix: str) -> List[str]:
-        with self._swift('list', container) as conn:
+        with self._swift() as conn:
             # full_listing: swiftclient follows the markers page by page.
             _headers, objects = conn.get_container(
                 container, prefix=prefix, limit=self.listing_page_size,
@@ -412,8 +258,8 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         return [obj['name'] for obj in objects]
 
     def _put_object(self, container: str, name: str, body) -> None:
-        md5 = _md5_hex(body)
-        with self._swift('put', container, name) as conn:
+        md5 = checksums.md5_hex(body)
+        with self._swift() as conn:
             # Swift checks the body against the ETag and refuses (422) a
             # damaged one, so no partial or altered object is ever stored.
             etag = conn.put_object(container, name, body,
@@ -425,7 +271,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                        % (etag, md5))
 
     def _get_object(self, container: str, name: str) -> bytes:
-        with self._swift('get', container, name) as conn:
+        with self._swift() as conn:
             _headers, body = conn.get_object(container, name)
         return body
 
@@ -438,12 +284,12 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             lambda: self._get_object(container, object_name))
 
     def delete_object(self, container: str, object_name: str) -> None:
-        with self._swift('delete', container, object_name) as conn:
+        with self._swift() as conn:
             conn.delete_object(container, object_name)
 
     def _generate_object_name_prefix(self, backup) -> str:
         prefix = fmt.object_store_prefix(
-            backup.volume_id, backup.id, self.conf.availability_zone,
+            backup.volume_id, backup.id, self.options.availability_zone,
             time.gmtime())
         LOG.debug('Object prefix of backup %(id)s: %(p)s',
                   {'id': backup.id, 'p': prefix})

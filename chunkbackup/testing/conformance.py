@@ -36,8 +36,8 @@ import pytest
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import exception
-from chunkbackup import faults
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing import faults
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
 
 CONF = cfg.CONF

@@ -10,6 +10,7 @@ retries and its cancellation run unchanged.
 """
 import os
 import time
+from typing import Optional
 
 from chunkbackup.drivers import posix
 from chunkbackup import storage
@@ -17,28 +18,23 @@ from chunkbackup import storage
 DELAY_ENV = 'CHUNKBACKUP_TEST_PUT_DELAY'
 
 
-class DelayingStore(storage.ObjectStore):
+class DelayingStore(storage.ForwardingStore):
     """Sleeps ``delay`` seconds before each put, then passes it on."""
 
     def __init__(self, inner: storage.ObjectStore, delay: float):
-        self.inner = inner
+        super().__init__(inner)
         self.delay = delay
 
-    def ensure_container(self, container):
-        self.inner.ensure_container(container)
-
-    def put(self, container, name, body, extra_metadata=None):
+    def put(self, container: str, name: str, body: bytes,
+            extra_metadata: Optional[dict] = None) -> None:
         time.sleep(self.delay)
         self.inner.put(container, name, body, extra_metadata)
 
-    def get(self, container, name, extra_metadata=None):
-        return self.inner.get(container, name, extra_metadata)
-
-    def list(self, container, prefix):
-        return self.inner.list(container, prefix)
-
-    def delete(self, container, name):
-        self.inner.delete(container, name)
+    def put_stream(self, container: str, name: str,
+                   produce: storage.Produce,
+                   extra_metadata: Optional[dict] = None) -> None:
+        time.sleep(self.delay)
+        self.inner.put_stream(container, name, produce, extra_metadata)
 
 
 class SlowPosixBackupDriver(posix.PosixBackupDriver):

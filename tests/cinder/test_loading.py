@@ -117,7 +117,7 @@ def test_standalone_never_imports_cinder(tmp_path):
         'cfg.CONF([], default_config_files=[], default_config_dirs=[])\n'
         'from chunkbackup.drivers import posix\n'
         'cfg.CONF.set_override("path", sys.argv[1], "backup_posix")\n'
-        'from chunkbackup.record import BackupRecord\n'
+        'from chunkbackup.testing.record import BackupRecord\n'
         'import io\n'
         'd = posix.PosixBackupDriver(None)\n'
         'r = BackupRecord("vol-1")\n'

@@ -19,7 +19,7 @@ import pytest
 from chunkbackup.drivers import google
 from chunkbackup.drivers import posix
 from chunkbackup import exception
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import conformance
 
 CONF = cfg.CONF

@@ -21,7 +21,7 @@ from chunkbackup import backupformat as fmt
 from chunkbackup.drivers import posix
 from chunkbackup.drivers import s3
 from chunkbackup import exception
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import conformance
 from chunkbackup.testing import volumes
 

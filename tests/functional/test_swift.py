@@ -21,7 +21,7 @@ from chunkbackup import backupformat as fmt
 from chunkbackup.drivers import posix
 from chunkbackup.drivers import swift
 from chunkbackup import exception
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup import storage
 from chunkbackup.testing import conformance
 from chunkbackup.testing import volumes
@@ -166,7 +166,7 @@ class TestSwiftConformance(conformance.DriverConformance):
 # Swift specifics ---------------------------------------------------------
 
 def test_layout_is_cinders(configured, driver, raw, container, tmp_path):
-    """Names as FORMAT.md says for swift: prefix with slashes, az, %05d."""
+    """Names as doc/format.md says for swift: prefix with slashes, az, %05d."""
     configured('availability_zone', 'zone-7')
     vol = write_volume(tmp_path / 'vol', 5 * OBJECT_SIZE + 4321, seed=1)
     record = backup_file(driver, BackupRecord('vol-a'), vol)

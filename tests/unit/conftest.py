@@ -5,7 +5,7 @@ from oslo_config import cfg
 import pytest
 
 from chunkbackup.drivers import posix
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 
 CONF = cfg.CONF
 _ENGINE = ('compression_algorithm', 'compression_level', 'sha_block_size',

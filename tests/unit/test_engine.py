@@ -11,7 +11,7 @@ import pytest
 
 from chunkbackup import exception
 from chunkbackup import progress
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
 
 LABELS = ['none', 'off', 'no', 'zlib', 'gzip', 'bz2', 'bzip2', 'zstd']
@@ -312,7 +312,7 @@ def test_under_eventlet_cpu_work_leaves_the_hub_free(tmp_path):
         from oslo_config import cfg
         from chunkbackup import concurrency
         from chunkbackup.drivers import posix
-        from chunkbackup.record import BackupRecord
+        from chunkbackup.testing.record import BackupRecord
         assert concurrency.eventlet_patched()
         cfg.CONF([], project='chunkbackup', default_config_files=[])
         cfg.CONF.set_override('path', sys.argv[1] + '/b', 'backup_posix')

@@ -11,7 +11,7 @@ import zstandard
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import exception
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
 
 METADATA_KEYS = {'version', 'backup_id', 'volume_id', 'backup_name',

@@ -33,7 +33,7 @@ def stored(tmp_path_factory):
     from oslo_config import cfg
 
     from chunkbackup.drivers import posix
-    from chunkbackup.record import BackupRecord
+    from chunkbackup.testing.record import BackupRecord
     from chunkbackup.testing import volumes
     tmp = tmp_path_factory.mktemp('fuzz')
     cfg.CONF.set_override('sha_block_size', 4096, 'chunkbackup')

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from chunkbackup import exception
-from chunkbackup.record import BackupRecord
+from chunkbackup.testing.record import BackupRecord
 
 
 def _mode(path):
