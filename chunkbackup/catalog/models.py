@@ -4,6 +4,7 @@ The schema is owned by the alembic migrations next to this module; these
 models describe the newest revision.
 """
 import datetime
+from typing import List
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -69,7 +70,7 @@ class Backup(Base):
         session.refresh(self)
 
     @property
-    def live_children(self):
+    def live_children(self) -> List['Backup']:
         return [c for c in self.children if c.status != 'deleted']
 
     @property

@@ -12,7 +12,7 @@ revision = '0001'
 down_revision = None
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         'backups',
         sa.Column('id', sa.String(36), primary_key=True),
