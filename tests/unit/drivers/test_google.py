@@ -24,11 +24,13 @@ import pytest
 import requests
 import urllib3
 
+from chunkbackup import checksums
 from chunkbackup.drivers import gcs as gcs_module
 from chunkbackup.drivers import google
 from chunkbackup import exception
 from chunkbackup import opts
-from chunkbackup.record import BackupRecord
+from chunkbackup import storage
+from chunkbackup.testing.record import BackupRecord
 
 CONF = cfg.CONF
 ENDPOINT = 'http://gcs.test'
@@ -158,7 +160,7 @@ def serve(configured):
 def object_resource(bucket, name, body=b''):
     return {'kind': 'storage#object', 'bucket': bucket, 'name': name,
             'size': str(len(body)), 'generation': '1',
-            'md5Hash': google._md5_base64(body)}
+            'md5Hash': checksums.md5_base64(body)}
 
 
 def upload_metadata(sent):
@@ -380,7 +382,7 @@ def test_large_upload_is_resumable_in_chunks_with_the_md5(configured, serve):
     driver, service = serve(handler)
     driver.store.put('bkt', 'big', body)
     initiate = service.sent[0]
-    assert initiate.json()['md5Hash'] == google._md5_base64(body)
+    assert initiate.json()['md5Hash'] == checksums.md5_base64(body)
     chunks = service.sent[1:]
     assert len(chunks) == -(-len(body) // MiB)
     assert all(len(c.body) == MiB for c in chunks[:-1])
@@ -414,7 +416,7 @@ def test_download_checks_the_md5(configured, serve):
         assert sent.path == '/download/storage/v1/b/bkt/o/a/b'
         assert sent.query['alt'] == 'media'
         return Reply(200, body, {
-            'x-goog-hash': 'md5=%s' % google._md5_base64(body)})
+            'x-goog-hash': 'md5=%s' % checksums.md5_base64(body)})
 
     driver, _ = serve(handler)
     assert driver.store.get('bkt', 'a/b') == body
@@ -423,7 +425,7 @@ def test_download_checks_the_md5(configured, serve):
 def test_download_damaged_on_the_way_is_transient(configured, serve):
     def handler(sent):
         return Reply(200, b'damaged', {
-            'x-goog-hash': 'md5=%s' % google._md5_base64(b'original')})
+            'x-goog-hash': 'md5=%s' % checksums.md5_base64(b'original')})
 
     driver, _ = serve(handler)
     with pytest.raises(exception.TransientStorageError):
@@ -465,7 +467,8 @@ def test_delete(configured, serve):
     assert (service.sent[0].method, service.sent[0].path) == (
         'DELETE', '/storage/v1/b/bkt/o/here')
     with pytest.raises(exception.StorageObjectNotFound):
-        driver.delete_object('bkt', 'gone')
+        with storage.translated(driver, 'delete', 'bkt', 'gone'):
+            driver.delete_object('bkt', 'gone')
     driver.store.delete('bkt', 'gone')  # a missing object is deleted
 
 
@@ -483,7 +486,7 @@ def test_refused_credentials(configured, status, serve):
 def test_failed_token_refresh_is_an_auth_error(configured):
     driver = google.GoogleBackupDriver(context=None)
     with pytest.raises(exception.StorageAuthError) as err:
-        with driver._errors('get', 'bkt', 'obj'):
+        with storage.translated(driver, 'get', 'bkt', 'obj'):
             raise auth_exceptions.RefreshError('invalid_grant')
     assert 'credentials_file' in str(err.value)
 
@@ -537,9 +540,9 @@ def test_transient_failures_are_retried_by_the_seam(configured, serve):
     (exception.TransientStorageError(operation='get', target='b',
                                      reason='r'), True),
 ])
-def test_is_transient_error(configured, exc, transient):
+def test_transient_classification(configured, exc, transient):
     driver = google.GoogleBackupDriver(context=None)
-    assert driver.is_transient_error(exc) is transient
+    assert (driver.classify_error(exc)[0] == 'transient') is transient
 
 
 def test_other_client_errors_are_storage_errors(configured, serve):
