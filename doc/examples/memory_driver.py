@@ -10,16 +10,16 @@ import time
 from oslo_config import cfg
 
 from chunkbackup import chunked
-from chunkbackup import exception
+from chunkbackup.drivers import options
+from chunkbackup import storage
+from chunkbackup.storage import errors
 
 CONF = cfg.CONF
 
 # Options: our own group, each with help (oslo-config-generator lists them).
 GROUP = 'backup_memory'
 OPTS = [
-    cfg.IntOpt('object_size', default=4 * 1024 * 1024,
-               help='Largest data object in bytes; a multiple of '
-                    '[chunkbackup] sha_block_size.'),
+    options.object_size_opt(4 * options.MiB),
     cfg.StrOpt('container', default='volumebackups',
                help='Container used when a backup names none.'),
 ]
@@ -49,6 +49,7 @@ class _Writer:
 
 
 class _Reader:
+    # read() without a size: the seam then streams the body as one chunk.
     def __init__(self, body):
         self.body = body
 
@@ -78,26 +79,25 @@ class MemoryBackupDriver(chunked.ChunkedBackupDriver):
             names = list(_STORE.get(container, {}))
         return sorted(n for n in names if n.startswith(prefix))
 
+    # The hooks raise what is natural (KeyError); classify_error says what
+    # it means, and the storage seam builds chunkbackup's exception.
+
     def get_object_writer(self, container, object_name, extra_metadata=None):
         if container not in _STORE:
-            raise exception.StorageContainerNotFound(
-                operation='put', target=container, reason='no such container')
+            raise KeyError(container)
         return _Writer(container, object_name)
 
     def get_object_reader(self, container, object_name, extra_metadata=None):
-        try:
-            return _Reader(_STORE[container][object_name])
-        except KeyError:
-            raise exception.StorageObjectNotFound(
-                operation='get', target='%s/%s' % (container, object_name),
-                reason='no such object')
+        return _Reader(_STORE[container][object_name])
 
     def delete_object(self, container, object_name):
         with _LOCK:
-            if _STORE.get(container, {}).pop(object_name, None) is None:
-                raise exception.StorageObjectNotFound(
-                    operation='delete', target=object_name,
-                    reason='no such object')
+            del _STORE[container][object_name]
+
+    def classify_error(self, exc):
+        if isinstance(exc, KeyError):
+            return errors.NOT_FOUND, 'no such object or container %s' % exc
+        return storage.classify_default(exc)
 
     def _generate_object_name_prefix(self, backup):
         # Cinder's object-store naming (doc/format.md).

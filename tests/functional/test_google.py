@@ -16,11 +16,12 @@ from google.cloud import storage as gcs
 from oslo_config import cfg
 import pytest
 
+from chunkbackup import checksums
 from chunkbackup.drivers import google
 from chunkbackup.drivers import posix
 from chunkbackup import exception
-from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import conformance
+from chunkbackup.testing.record import BackupRecord
 
 CONF = cfg.CONF
 KiB = 1024
@@ -266,7 +267,7 @@ def test_large_objects_use_resumable_uploads(configured, gcs_client,
     blob = gcs_client.bucket(bucket_name).get_blob(
         record.service_metadata + '-00001')
     assert blob.size == 9 * MiB
-    assert blob.md5_hash == google._md5_base64(
+    assert blob.md5_hash == checksums.md5_base64(
         volume.read_bytes()[:9 * MiB])
     new = tmp_path / 'new'
     restore_new(driver, record, new)

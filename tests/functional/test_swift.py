@@ -18,12 +18,13 @@ from swiftclient import client as swift_client
 from swiftclient import exceptions as swift_exc
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import checksums
 from chunkbackup.drivers import posix
 from chunkbackup.drivers import swift
 from chunkbackup import exception
-from chunkbackup.testing.record import BackupRecord
 from chunkbackup import storage
 from chunkbackup.testing import conformance
+from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
 from tests.functional import servers
 
@@ -104,11 +105,11 @@ def object_names(raw, container, prefix):
     return [entry['name'] for entry in listing]
 
 
-class _Tap(storage.ObjectStore):
+class _Tap(storage.ForwardingStore):
     """Passes every call through, counts it, and runs a hook after puts."""
 
     def __init__(self, inner, after_put=None):
-        self.inner = inner
+        super().__init__(inner)
         self.after_put = after_put
         self.calls = {'ensure_container': 0, 'put': 0, 'get': 0, 'list': 0,
                       'delete': 0}
@@ -123,9 +124,21 @@ class _Tap(storage.ObjectStore):
         if self.after_put is not None:
             self.after_put(name)
 
+    def put_stream(self, container, name, produce, extra_metadata=None):
+        self.calls['put'] += 1
+        self.inner.put_stream(container, name, produce, extra_metadata)
+        if self.after_put is not None:
+            self.after_put(name)
+
     def get(self, container, name, extra_metadata=None):
         self.calls['get'] += 1
         return self.inner.get(container, name, extra_metadata)
+
+    def get_stream(self, container, name, extra_metadata=None,
+                   chunk_size=storage.DEFAULT_CHUNK_SIZE):
+        self.calls['get'] += 1
+        return self.inner.get_stream(container, name, extra_metadata,
+                                     chunk_size)
 
     def list(self, container, prefix):
         self.calls['list'] += 1
@@ -184,7 +197,7 @@ def test_layout_is_cinders(configured, driver, raw, container, tmp_path):
     assert record.object_count == len(names)
     # Each data object's ETag is the MD5 of the stored body.
     headers, body = raw.get_object(container, data[0])
-    assert headers['etag'] == swift._md5_hex(body)
+    assert headers['etag'] == checksums.md5_hex(body)
     meta = fmt.parse_metadata(
         raw.get_object(container, record.service_metadata + '_metadata')[1],
         record.id, 'metadata')
