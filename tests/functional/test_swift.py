@@ -178,9 +178,10 @@ class TestSwiftConformance(conformance.DriverConformance):
 
 # Swift specifics ---------------------------------------------------------
 
-def test_layout_is_cinders(configured, driver, raw, container, tmp_path):
+def test_layout_is_cinders(configured, raw, container, tmp_path):
     """Names as doc/format.md says for swift: prefix with slashes, az, %05d."""
     configured('availability_zone', 'zone-7')
+    driver = swift.SwiftBackupDriver(context=None)  # reads its options once
     vol = write_volume(tmp_path / 'vol', 5 * OBJECT_SIZE + 4321, seed=1)
     record = backup_file(driver, BackupRecord('vol-a'), vol)
     assert record.container == container  # the configured default
