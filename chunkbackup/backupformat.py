@@ -7,6 +7,7 @@ a clear error naming the backup and the object, never in a crash, a huge
 allocation or a wrong volume.
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -143,8 +144,17 @@ class ShaFile:
         return doc
 
 
+_ZEROS = bytes(2 ** 20)
+
+
+@functools.lru_cache(maxsize=64)
 def zero_digest(length: int) -> bytes:
-    return hashlib.sha256(bytes(length)).digest()
+    """The SHA-256 of ``length`` zero bytes, in bounded memory."""
+    sha = hashlib.sha256()
+    while length > 0:
+        sha.update(_ZEROS[:min(length, len(_ZEROS))])
+        length -= len(_ZEROS)
+    return sha.digest()
 
 
 class _Checker:

@@ -217,7 +217,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """
         check_safe_id('backup id', backup.id)
         check_safe_id('volume id', backup.volume_id)
-        source = sources.open_source(volume_file, self.engine_options.skip_holes)
+        source = sources.open_source(volume_file,
+                                     self.engine_options.skip_holes)
         stats = stats if stats is not None else BackupStats()
         stats.volume_size = source.size
         parent = None
@@ -329,8 +330,10 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         changed = None
         known_limit = 0
         if parent is not None and changed_extents is not None:
-            changed = sources.to_blocks(sorted(changed_extents), bs,
-                                        block_count)
+            changed = sources.to_blocks(
+                sorted((offset, offset + length)
+                       for offset, length in changed_extents),
+                bs, block_count)
             # Only whole parent blocks can be unchanged: a short last
             # block of a volume that grew is a new block.
             known_limit = (parent.block_map.block_count
@@ -434,7 +437,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         return plan
 
     def _execute(self, backup, plan, sink, operation, check_md5):
-        executor = restore_executor.RestoreExecutor(self.store, self.engine_options)
+        executor = restore_executor.RestoreExecutor(self.store,
+                                                    self.engine_options)
         run = self._run(backup, operation, plan.size)
         try:
             with run.progress:

@@ -7,8 +7,8 @@ compressed on native threads while later windows are read and earlier
 objects stored; long stretches of holes or of blocks a changed-block map
 vouches for are bulk items that cost digest arithmetic, not I/O.
 
-A full backup stores, per window, one object from its first to its last
-read block (holes inside it are zeros). An incremental stores each run of
+A full backup stores each run of read blocks (short holes between runs
+are stored as zeros, long ones left out). An incremental stores each run of
 blocks whose digest differs from the parent's (past the parent's end, from
 zeros). Whatever was skipped, every backup stores an object that reaches
 the volume's end, so readers derive the volume size from the objects.
@@ -30,6 +30,10 @@ from chunkbackup import pipeline
 # Blocks in one bulk item of holes or map-vouched blocks: 512 MiB of a
 # volume at the default block size, 512 KiB of digests.
 BULK_BLOCKS = 16384
+# A full backup stores two runs of data as one object when a hole of at
+# most this many bytes lies between them: fewer objects, and the zeros
+# cost little. Longer holes are left out (their MD5 would not be free).
+HOLE_MERGE_GAP = 2 ** 20
 
 
 @dataclasses.dataclass
@@ -72,6 +76,7 @@ class Zeros:
     def __init__(self, block_size: int, piece_size: int, compressor):
         self.block_size = block_size
         self.piece = bytes(piece_size)
+        self.view = memoryview(self.piece)
         self.block = self.piece[:block_size]
         self.block_digest = fmt.zero_digest(block_size)
         self.compressor = compressor
@@ -93,7 +98,7 @@ class Zeros:
         with self._lock:  # CPU threads race for the first zero piece
             found = self._encoded.get(length)
             if found is None:
-                data = self.piece[:length]
+                data = self.view[:length]
                 label, body = self.compressor.compress(data)
                 found = (label, bytes(body), checksums.md5_hex(data))
                 if len(self._encoded) > 64:
@@ -103,28 +108,38 @@ class Zeros:
 
 
 class BufferPool:
-    """Window buffers, reused.
+    """Window buffers, reused, at most ``limit`` alive at once.
 
     Reading into a buffer that is already mapped costs one copy; a fresh
     32 MiB object also costs page faults and zeroing, which measured
-    slower than the SHA-256 of the same data. The pipeline bounds how
-    many buffers are alive at once; the pool only recycles them.
+    slower than the SHA-256 of the same data. ``take`` waits while
+    ``limit`` buffers are out: buffers come back when the pipeline is
+    done with them or when the raw writes that hold them end, which
+    never needs the waiting thread, so the limit bounds memory without a
+    deadlock as long as it exceeds the pipeline's window.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, limit: int):
         self.size = size
+        self.limit = limit
+        self.out = 0
         self._free: List[bytearray] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     def take(self) -> bytearray:
-        with self._lock:
+        with self._cond:
+            while self.out >= self.limit:
+                self._cond.wait()
+            self.out += 1
             if self._free:
                 return self._free.pop()
         return bytearray(self.size)
 
     def give(self, buffer: bytearray) -> None:
-        with self._lock:
+        with self._cond:
+            self.out -= 1
             self._free.append(buffer)
+            self._cond.notify()
 
     def give_after(self, buffer: Optional[bytearray], futures) -> None:
         """Give ``buffer`` back once ``futures`` (its raw writes) are done."""
@@ -136,7 +151,7 @@ class BufferPool:
         left = [len(futures)]
 
         def done(_future):
-            with self._lock:
+            with self._cond:
                 left[0] -= 1
                 last = left[0] == 0
             if last:
@@ -199,8 +214,9 @@ class BackupWriter:
         block_map = blockmap.BlockMap(self.bs, self.options.block_map_memory,
                                       self.options.temp_dir)
         entries: List[fmt.ObjectEntry] = []
-        pool = BufferPool(self.options.object_size)
         window = self.options.objects_in_flight
+        # The window's buffers, one being filled, one being written.
+        pool = BufferPool(self.options.object_size, window + 2)
         process = functools.partial(self._process, source)
         try:
             with concurrency.Executors(self.options.cpu_threads,
@@ -293,9 +309,9 @@ class BackupWriter:
                 got = source.read_into(start, target)
                 read += got
                 if got < len(target):  # the volume shrank under us
-                    target[got:] = self.zeros.piece[:len(target) - got]
+                    target[got:] = self.zeros.view[:len(target) - got]
             elif kind == sources.HOLE:
-                target[:] = self.zeros.piece[:len(target)]
+                target[:] = self.zeros.view[:len(target)]
         work.filled = True
         return read
 
@@ -389,10 +405,18 @@ class BackupWriter:
             work.buffer is not None or block == run_end)
 
     def _full_runs(self, work: _Work):
-        read = [(a, b) for a, b, kind in work.pieces if kind == sources.READ]
-        if not read:
-            return []
-        return [(read[0][0], read[-1][1])]
+        """Runs of read blocks; a short hole between two becomes zeros."""
+        gap = max(HOLE_MERGE_GAP, self.options.incremental_merge_gap) \
+            // self.bs
+        runs: List[List[int]] = []
+        for first, end, kind in work.pieces:
+            if kind != sources.READ:
+                continue
+            if runs and first - runs[-1][1] <= gap:
+                runs[-1][1] = end
+            else:
+                runs.append([first, end])
+        return runs
 
     def _split_at_windows(self, runs):
         wb = self.window_blocks

@@ -1,4 +1,4 @@
-"""The on-storage format, key for key (shared FORMAT.md), and backups laid
+"""The on-storage format, key for key (doc/format.md), and backups laid
 out by hand exactly as Cinder lays them out."""
 import bz2
 import hashlib
