@@ -36,6 +36,9 @@ class Sink:
         """Make [offset, offset + length) read as zeros."""
         raise NotImplementedError
 
+    def prepare(self, size: int) -> None:
+        """Called before anything is written; refuse a target too small."""
+
     def finish(self, size: int) -> None:
         pass
 
@@ -156,6 +159,7 @@ class RestoreExecutor:
 
     def execute(self, plan: restore_plan.RestorePlan, sink: Sink,
                 check_md5: bool, run) -> None:
+        sink.prepare(plan.size)
         for start, end in plan.zero_runs:
             sink.zero(start, end - start)
         run.advance(plan.zero_bytes)
@@ -265,3 +269,38 @@ def _emit(view, base, start, end, zero, data_runs, zero_runs):
         zero_runs.append((start, end))
     else:
         data_runs.append((start, view[start - base:end - base]))
+
+
+class NbdSink(Sink):
+    """Restore into an NBD export; zeros become WRITE_ZEROES (punched)."""
+
+    def __init__(self, url: str, volume_is_new: bool, client=None):
+        from chunkbackup import nbd
+        self.url = url
+        self.client = client or nbd.NbdClient.connect(url, writable=True)
+        self.new = volume_is_new
+
+    @property
+    def size(self) -> int:
+        return self.client.size
+
+    def write(self, offset, data):
+        self.client.pwrite(data, offset)
+
+    def zero(self, offset, length):
+        if not self.new:
+            self.client.write_zeroes(offset, length, punch=True)
+
+    def prepare(self, size):
+        if self.client.size < size:
+            raise exception.NbdError(
+                url=self.url,
+                reason='the export is %d bytes, smaller than the %d bytes '
+                       'of the backup; restore to an export at least that '
+                       'large' % (self.client.size, size))
+
+    def finish(self, size):
+        self.client.flush()
+
+    def close(self) -> None:
+        self.client.close()
