@@ -26,7 +26,11 @@ from chunkbackup import backupformat as fmt
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
 from chunkbackup.catalog import states
+from chunkbackup.engine import backup as engine_backup
+from chunkbackup.engine import restore as restore_sinks
+from chunkbackup.engine import sources
 from chunkbackup import exception
+from chunkbackup import extents
 
 if TYPE_CHECKING:
     from chunkbackup import chunked
@@ -101,46 +105,114 @@ def _open_volume(path: str):
                                     'user' % path)
 
 
+def _open_source(volume: str, dirty_bitmap: Optional[str]):
+    """(name, source) of a volume: a file, block device or NBD export."""
+    skip_holes = CONF.chunkbackup.skip_holes
+    if sources.is_nbd_url(volume):
+        return volume, sources.NbdSource(volume, skip_holes, dirty_bitmap)
+    if dirty_bitmap:
+        raise OperationError(
+            reason='--dirty-bitmap needs an NBD export as the volume '
+                   '(nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?'
+                   'socket=PATH); for a file give --changed-extents')
+    path = os.path.abspath(volume)
+    volume_file = _open_volume(path)
+    try:
+        return path, sources.open_source(volume_file, skip_holes,
+                                         owns_file=True)
+    except BaseException:
+        volume_file.close()
+        raise
+
+
+def _changed_extents(source, changed_extents: Optional[str],
+                     dirty_bitmap: Optional[str]):
+    """The changed-block map the user gave, as (offset, length) ranges."""
+    if changed_extents is not None and dirty_bitmap:
+        raise OperationError(reason='give --changed-extents or '
+                                    '--dirty-bitmap, not both')
+    if changed_extents is not None:
+        return list(extents.read_changed_extents(changed_extents,
+                                                 source.size))
+    if dirty_bitmap:
+        return source.changed_extents()
+    return None
+
+
+def volume_name(volume: str) -> str:
+    """How a volume is recorded: an absolute path, or the NBD URL."""
+    return volume if sources.is_nbd_url(volume) else os.path.abspath(volume)
+
+
+def volume_id_of(name: str) -> str:
+    """The stable id of a volume path or NBD URL."""
+    if sources.is_nbd_url(name):
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+    return volume_id_for(name)
+
+
 def create_backup(session: orm.Session, volume: str, *,
                   incremental: bool = False,
                   name: Optional[str] = None,
                   description: Optional[str] = None,
                   volume_id: Optional[str] = None,
                   container: Optional[str] = None,
+                  changed_extents: Optional[str] = None,
+                  dirty_bitmap: Optional[str] = None,
                   listeners: List = (),
                   on_created: Optional[Callable] = None) -> models.Backup:
-    """Back up a file or block device and record it."""
-    path = os.path.abspath(volume)
-    volume_file = _open_volume(path)
-    with volume_file:
-        volume_id = volume_id or volume_id_for(path)
-        driver = load_driver()
-        driver.check_for_setup_error()
-        dname = driver_name()
-        parent = None
-        if incremental:
-            parent = api.latest_available(session, volume_id, dname)
-            if parent is None:
-                raise OperationError(
-                    reason='no available backup of volume %s (%s) to be the '
-                           'parent of an incremental; make a full backup '
-                           'first (leave out --incremental)' % (volume_id,
-                                                                path))
-        record = states.begin_backup(
-            session, volume_id=volume_id, driver=dname, volume_path=path,
-            parent=parent, name=name, description=description,
-            container=container)
-        if on_created:
-            on_created(record)
-        driver.progress_listeners.extend(listeners)
-        try:
-            driver.backup(record, volume_file)
-        except BaseException as e:
-            states.fail_backup(session, record, e)
-            raise
-        states.finish_backup(session, record,
-                             volume_file.seek(0, os.SEEK_END))
-        return record
+    """Back up a file, block device or NBD export and record it.
+
+    ``changed_extents`` is a changed-block map file (``-``: standard
+    input) and ``dirty_bitmap`` the name of an NBD export's dirty bitmap:
+    an incremental then reads only what they name (checked by sampling).
+    """
+    if (changed_extents is not None or dirty_bitmap) and not incremental:
+        raise OperationError(
+            reason='a changed-block map describes changes since a parent: '
+                   'add --incremental (or leave out --changed-extents and '
+                   '--dirty-bitmap for a full backup)')
+    path, source = _open_source(volume, dirty_bitmap)
+    try:
+        return _create_backup(session, path, source, incremental, name,
+                              description, volume_id, container,
+                              changed_extents, dirty_bitmap, listeners,
+                              on_created)
+    finally:
+        source.close()
+
+
+def _create_backup(session, path, source, incremental, name, description,
+                   volume_id, container, changed_extents, dirty_bitmap,
+                   listeners, on_created):
+    volume_id = volume_id or volume_id_of(path)
+    driver = load_driver()
+    driver.check_for_setup_error()
+    dname = driver_name()
+    parent = None
+    if incremental:
+        parent = api.latest_available(session, volume_id, dname)
+        if parent is None:
+            raise OperationError(
+                reason='no available backup of volume %s (%s) to be the '
+                       'parent of an incremental; make a full backup '
+                       'first (leave out --incremental)' % (volume_id, path))
+    changed = _changed_extents(source, changed_extents, dirty_bitmap)
+    record = states.begin_backup(
+        session, volume_id=volume_id, driver=dname, volume_path=path,
+        parent=parent, name=name, description=description,
+        container=container)
+    if on_created:
+        on_created(record)
+    driver.progress_listeners.extend(listeners)
+    stats = engine_backup.BackupStats()
+    try:
+        driver.backup(record, source, changed_extents=changed, stats=stats)
+    except BaseException as e:
+        states.fail_backup(session, record, e)
+        raise
+    states.finish_backup(session, record, source.size, stats.to_dict())
+    return record
 
 
 def _is_empty_target(path: str) -> Optional[bool]:
@@ -163,6 +235,8 @@ def restore_backup(session: orm.Session, backup_id: str, target: str, *,
         raise OperationError(
             reason='backup %s is %s; only available backups can be '
                    'restored' % (record.id, record.status))
+    if sources.is_nbd_url(target):
+        return _restore_to_nbd(session, record, target, force, listeners)
     empty = _is_empty_target(target)
     if empty is False and not force:
         raise OperationError(
@@ -189,6 +263,23 @@ def restore_backup(session: orm.Session, backup_id: str, target: str, *,
             driver.restore(record, record.volume_id, volume_file,
                            volume_is_new=volume_is_new)
     finally:
+        states.end_restore(session, record)
+    return record
+
+
+def _restore_to_nbd(session, record, url, force, listeners):
+    if not force:
+        raise OperationError(
+            reason='target %s is an NBD export; add --force to overwrite '
+                   'it' % url)
+    driver = load_driver(record.driver)
+    driver.progress_listeners.extend(listeners)
+    sink = restore_sinks.NbdSink(url, volume_is_new=False)
+    states.begin_restore(session, record)
+    try:
+        driver.restore(record, record.volume_id, sink)
+    finally:
+        sink.close()
         states.end_restore(session, record)
     return record
 

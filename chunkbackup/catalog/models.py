@@ -46,6 +46,8 @@ class Backup(Base):
     object_count = sa.Column(sa.Integer, nullable=False, default=0)
     status = sa.Column(sa.String(32), nullable=False, index=True)
     fail_reason = sa.Column(sa.Text)
+    # What the backup did (chunkbackup.engine.backup.BackupStats).
+    stats = sa.Column(sa.JSON)
     display_name = sa.Column(sa.String(255))
     display_description = sa.Column(sa.String(1024))
     created_at = sa.Column(PreciseDateTime, nullable=False, default=utcnow)

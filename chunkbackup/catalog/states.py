@@ -112,9 +112,14 @@ def begin_backup(session: orm.Session, *, volume_id: str, driver: str,
 
 
 def finish_backup(session: orm.Session, record: models.Backup,
-                  size_bytes: int) -> None:
-    """Its ``_metadata`` is stored: ``available``, a possible parent."""
+                  size_bytes: int, stats: Optional[dict] = None) -> None:
+    """Its ``_metadata`` is stored: ``available``, a possible parent.
+
+    ``stats`` says what the backup did (bytes read and stored, holes
+    skipped, whether a changed-block map was used).
+    """
     record.size_bytes = size_bytes
+    record.stats = stats
     record.status = AVAILABLE
     record.data_timestamp = record.created_at
     record.owner = None

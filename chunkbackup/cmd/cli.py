@@ -20,6 +20,7 @@ from oslo_log import log as logging
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
 from chunkbackup import exception
+from chunkbackup import extents
 from chunkbackup import operations
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
 from chunkbackup import progress
@@ -88,6 +89,7 @@ def backup_view(record: models.Backup) -> dict:
         'data_timestamp': (str(record.data_timestamp)
                            if record.data_timestamp else None),
         'fail_reason': record.fail_reason,
+        'stats': record.stats,
     }
 
 
@@ -134,20 +136,29 @@ def listeners():
 def cmd_backup_create(args, session):
     if args.async_:
         from chunkbackup.catalog import states
+        if args.changed_extents == '-':
+            raise operations.OperationError(
+                reason='--async cannot read a map from standard input; '
+                       'give a file')
+        changed = (os.path.abspath(args.changed_extents)
+                   if args.changed_extents else None)
         job = states.enqueue_job(session, 'backup', {
-            'volume': os.path.abspath(args.volume),
+            'volume': operations.volume_name(args.volume),
             'incremental': args.incremental, 'name': args.display_name,
             'description': args.display_description,
             'volume_id': args.volume_id,
-            'container': args.container})
+            'container': args.container,
+            'changed_extents': changed,
+            'dirty_bitmap': args.dirty_bitmap})
         emit(args, {'job_id': job.id, 'status': job.status,
                     'kind': job.kind})
         return
     record = operations.create_backup(
         session, args.volume, incremental=args.incremental,
         name=args.display_name, description=args.display_description,
-        volume_id=args.volume_id,
-        container=args.container, listeners=listeners())
+        volume_id=args.volume_id, container=args.container,
+        changed_extents=args.changed_extents, dirty_bitmap=args.dirty_bitmap,
+        listeners=listeners())
     emit(args, backup_view(record))
 
 
@@ -257,8 +268,12 @@ def add_command_parsers(subparsers):
         return parser
 
     p = command('backup-create', cmd_backup_create,
-                'Back up a file or block device (full, or --incremental).')
-    p.add_argument('volume', help='file or block device to back up')
+                'Back up a file, block device or NBD export (full, or '
+                '--incremental).')
+    p.add_argument('volume', help='file, block device, or NBD export '
+                                  '(nbd://HOST:PORT/EXPORT, '
+                                  'nbd+unix:///EXPORT?socket=PATH) to back '
+                                  'up')
     p.add_argument('--incremental', action='store_true',
                    help='store only what changed since the newest available '
                         'backup of this volume')
@@ -270,14 +285,26 @@ def add_command_parsers(subparsers):
                    help='volume id (default: a stable id of the path)')
     p.add_argument('--container', help='container (bucket, directory) to '
                                        'store the backup in')
+    p.add_argument('--changed-extents', dest='changed_extents',
+                   metavar='FILE',
+                   help='with --incremental: ' + extents.CHANGED_EXTENTS_HELP +
+                        ' "-" reads standard input. A sample of the rest is '
+                        'read to check the map; a wrong map makes the '
+                        'backup read everything.')
+    p.add_argument('--dirty-bitmap', dest='dirty_bitmap', metavar='NAME',
+                   help='with --incremental and an NBD export: read only '
+                        'what the export\'s dirty bitmap NAME marks as '
+                        'changed (qemu-nbd -B NAME, libvirt pull-mode '
+                        'backup); checked by sampling like '
+                        '--changed-extents')
     p.add_argument('--async', dest='async_', action='store_true',
                    help='queue the backup for chunkbackup-backup to run')
 
     p = command('backup-restore', cmd_backup_restore,
                 'Restore a backup (and its chain) to a file or device.')
     p.add_argument('backup_id')
-    p.add_argument('target', help='file (created if missing) or block '
-                                  'device')
+    p.add_argument('target', help='file (created if missing), block '
+                                  'device or NBD export URL')
     p.add_argument('--force', action='store_true',
                    help='overwrite a target that is not empty')
 

@@ -76,7 +76,12 @@ class FileSource(VolumeSource):
 
     parallel_reads = True
 
-    def __init__(self, fd: int, size: int, skip_holes: bool):
+    def __init__(self, fd: int, size: int, skip_holes: bool,
+                 file_object=None, owns_file: bool = False):
+        # The file object owns the descriptor: keep it alive (and close
+        # it with the source when the source opened it).
+        self.file_object = file_object
+        self.owns_file = owns_file
         self.fd = fd
         self.size = size
         self.is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
@@ -87,6 +92,10 @@ class FileSource(VolumeSource):
         if not self.skip_holes:
             return None
         return file_data_ranges(self.fd, self.size)
+
+    def close(self) -> None:
+        if self.owns_file and self.file_object is not None:
+            self.file_object.close()
 
     def read_into(self, offset, buffer):
         view = memoryview(buffer)
@@ -149,8 +158,12 @@ class StreamSource(VolumeSource):
         return filled
 
 
-def open_source(volume_file, skip_holes: bool) -> VolumeSource:
-    """The source of a volume file object (Cinder's or the CLI's)."""
+def open_source(volume_file, skip_holes: bool,
+                owns_file: bool = False) -> VolumeSource:
+    """The source of a volume file object (Cinder's or the CLI's).
+
+    With ``owns_file`` the source closes the file object when closed.
+    """
     if isinstance(volume_file, VolumeSource):
         return volume_file
     size = volume_size_of(volume_file)
@@ -161,8 +174,11 @@ def open_source(volume_file, skip_holes: bool) -> VolumeSource:
                 volume_file.flush()  # what a caller wrote must be read
             except (OSError, ValueError):
                 pass
-        return FileSource(fd, size, skip_holes)
-    return StreamSource(volume_file, size)
+        return FileSource(fd, size, skip_holes, volume_file, owns_file)
+    source = StreamSource(volume_file, size)
+    if owns_file:
+        source.close = volume_file.close
+    return source
 
 
 # ----------------------------------------------------------------------

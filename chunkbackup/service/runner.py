@@ -318,6 +318,8 @@ class BackupService(ServiceBase):
                 description=params.get('description'),
                 volume_id=params.get('volume_id'),
                 container=params.get('container'),
+                changed_extents=params.get('changed_extents'),
+                dirty_bitmap=params.get('dirty_bitmap'),
                 on_created=self._created(session, op))
         return run
 
@@ -331,9 +333,16 @@ class BackupService(ServiceBase):
                                       % (spec.source, spec.name),
                           volume_id=volume_id, container=spec.container,
                           on_created=self._created(session, op))
+            maps = {}
+            if incremental:
+                maps = dict(dirty_bitmap=spec.dirty_bitmap)
+                if spec.changed_extents and \
+                        os.path.exists(spec.changed_extents):
+                    maps['changed_extents'] = spec.changed_extents
             try:
                 record = operations.create_backup(
-                    session, spec.volume, incremental=incremental, **kwargs)
+                    session, spec.volume, incremental=incremental,
+                    **maps, **kwargs)
             except exception.ParentMismatch as e:
                 if op.cancel_requested:
                     raise

@@ -9,7 +9,6 @@ backup of a chain is a full one.
 """
 import dataclasses
 import datetime
-import os
 from typing import List, Optional, Tuple
 
 from oslo_config import cfg
@@ -58,6 +57,18 @@ SCHEDULE_OPTS = [
                mutable=True,
                help='Volume id recorded with the backups; unset means a '
                     'stable id derived from the volume path.'),
+    cfg.StrOpt('changed_extents',
+               mutable=True,
+               help='A changed-block map file (qemu-img map or nbdinfo '
+                    'JSON of a dirty bitmap, rbd diff JSON, or a JSON list '
+                    'of [offset, length]) that a tool of yours rewrites '
+                    'before each run; incremental runs read only what it '
+                    'names (checked by sampling). A missing file means '
+                    'reading everything.'),
+    cfg.StrOpt('dirty_bitmap',
+               mutable=True,
+               help='For a volume that is an NBD export: the dirty bitmap '
+                    'whose changes incremental runs read.'),
     cfg.BoolOpt('enabled',
                 default=True,
                 mutable=True,
@@ -82,10 +93,12 @@ class ScheduleSpec:
     container: Optional[str] = None
     volume_id: Optional[str] = None
     source: str = 'config'
+    changed_extents: Optional[str] = None
+    dirty_bitmap: Optional[str] = None
 
     @property
     def effective_volume_id(self) -> str:
-        return self.volume_id or operations.volume_id_for(self.volume)
+        return self.volume_id or operations.volume_id_of(self.volume)
 
     @property
     def key(self) -> Tuple[str, str]:
@@ -130,11 +143,12 @@ def config_schedules(conf: cfg.ConfigOpts = CONF) -> List[ScheduleSpec]:
                         'interval.', section)
             continue
         specs.append(ScheduleSpec(
-            name=name, volume=os.path.abspath(values['volume']),
+            name=name, volume=operations.volume_name(values['volume']),
             interval=values['interval'], full_every=values['full_every'],
             retain_full=values['retain_full'],
             container=values['container'], volume_id=values['volume_id'],
-            source='config'))
+            changed_extents=values['changed_extents'],
+            dirty_bitmap=values['dirty_bitmap'], source='config'))
     return specs
 
 
@@ -167,7 +181,7 @@ def set_schedule(session: orm.Session, name: str, volume: str,
     if row is None:
         row = models.Schedule(name=name, created_at=models.utcnow())
         session.add(row)
-    row.volume_path = os.path.abspath(volume)
+    row.volume_path = operations.volume_name(volume)
     row.interval_seconds = interval
     row.full_every = full_every
     row.retain_full = retain_full
