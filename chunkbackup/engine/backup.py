@@ -215,8 +215,8 @@ class BackupWriter:
                                       self.options.temp_dir)
         entries: List[fmt.ObjectEntry] = []
         window = self.options.objects_in_flight
-        # The window's buffers, one being filled, one being written.
-        pool = BufferPool(self.options.object_size, window + 2)
+        # The window's buffers and one more (being filled, or written raw).
+        pool = BufferPool(self.options.object_size, window + 1)
         process = functools.partial(self._process, source)
         try:
             with concurrency.Executors(self.options.cpu_threads,
