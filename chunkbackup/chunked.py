@@ -23,20 +23,18 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from chunkbackup import backupformat as fmt
-from chunkbackup import concurrency
 from chunkbackup import driver
 from chunkbackup.engine import backup as backup_writer
 from chunkbackup.engine import blockmap
 from chunkbackup.engine import documents
-from chunkbackup.engine import mapcheck
 from chunkbackup.engine.options import EngineOptions
 from chunkbackup.engine import plan as restore_plan
+from chunkbackup.engine import readplan
 from chunkbackup.engine import restore as restore_executor
 from chunkbackup.engine import sources
 from chunkbackup import exception
 from chunkbackup import names
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
-from chunkbackup import pipeline
 from chunkbackup import progress
 from chunkbackup import storage
 
@@ -287,97 +285,13 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         return {'parent_id': backup.parent_id}
 
     def _parent(self, backup, volume_size) -> backup_writer.Parent:
-        parent = getattr(backup, 'parent', None)
-        if parent is None:
-            raise exception.ParentMismatch(
-                backup_id=backup.id,
-                reason='its parent %s is not in the catalog' %
-                       backup.parent_id)
-        chain = documents.load_chain(self.store, parent, check_listing=False)
-        parent_size = max(layer.end for layer in chain)
-        if volume_size < parent_size:
-            raise exception.ParentMismatch(
-                backup_id=backup.id,
-                reason='the volume is %d bytes, smaller than the %d bytes of '
-                       'parent %s; make a full backup' % (
-                           volume_size, parent_size, parent.id))
-        block_map = self._read_block_map(parent, chain[-1].location)
-        bs = block_map.block_size
-        problem = None
-        if bs != self.sha_block_size:
-            problem = ('parent %s was made with sha_block_size %d and this '
-                       'driver uses %d; set [chunkbackup] sha_block_size = '
-                       '%d or make a full backup' % (
-                           parent.id, bs, self.sha_block_size, bs))
-        elif block_map.block_count != -(-parent_size // bs):
-            problem = ('the _sha256file of parent %s lists %d blocks but its '
-                       'chain restores %d bytes; make a full backup' % (
-                           parent.id, block_map.block_count, parent_size))
-        if problem:
-            block_map.close()
-            raise exception.ParentMismatch(backup_id=backup.id,
-                                           reason=problem)
-        return backup_writer.Parent(block_map, parent_size)
+        return readplan.load_parent(self.store, backup, volume_size,
+                                    self.engine_options)
 
     def _segments(self, source, parent, changed_extents, stats
                   ) -> List[sources.Segment]:
-        """What to read, hole or take from the parent, block by block."""
-        bs = self.sha_block_size
-        block_count = -(-source.size // bs)
-        data_ranges = source.data_ranges()
-        data = (None if data_ranges is None else
-                sources.to_blocks(data_ranges, bs, block_count))
-        changed = None
-        known_limit = 0
-        if parent is not None and changed_extents is not None:
-            changed = sources.to_blocks(
-                sorted((offset, offset + length)
-                       for offset, length in changed_extents),
-                bs, block_count)
-            # Only whole parent blocks can be unchanged: a short last
-            # block of a volume that grew is a new block.
-            known_limit = (parent.block_map.block_count
-                           if source.size == parent.size
-                           else parent.size // bs)
-        segments = list(sources.classify(block_count, data, changed,
-                                         known_limit))
-        if changed is not None:
-            segments = self._check_map(source, parent, segments, data,
-                                       changed, known_limit, stats)
-        for segment in segments:
-            start = segment.first * bs
-            length = min(segment.end * bs, source.size) - start
-            if segment.kind == sources.HOLE:
-                stats.hole_bytes += length
-            elif segment.kind == sources.KNOWN:
-                stats.known_bytes += length
-        return segments
-
-    def _check_map(self, source, parent, segments, data, changed,
-                   known_limit, stats):
-        block_count = -(-source.size // self.sha_block_size)
-        unchanged_holes = [
-            (s.first, s.end) for s in sources.classify(
-                block_count, None, changed, known_limit)
-            if s.kind == sources.KNOWN]
-        if data is not None:
-            unchanged_holes = _intersect(unchanged_holes,
-                                         _complement(data, block_count))
-        with concurrency.Executors(self.engine_options.cpu_threads,
-                                   self.engine_options.io_threads) as pools:
-            verdict = mapcheck.check(
-                source, segments, unchanged_holes, parent.block_map,
-                source.size, parent.size,
-                self.engine_options.changed_extents_sample, pools)
-        stats.blocks_sampled = verdict.sampled
-        if verdict.trusted:
-            stats.changed_map = 'used'
-            return segments
-        stats.changed_map = 'rejected'
-        stats.map_mismatch = verdict.reason
-        LOG.warning('The changed-block map is wrong (%(why)s); reading the '
-                    'whole volume instead.', {'why': verdict.reason})
-        return list(sources.classify(block_count, data, None, 0))
+        return readplan.plan_reads(source, parent, changed_extents,
+                                   self.engine_options, stats)
 
     # ------------------------------------------------------------------
     # Restore and verify.
@@ -483,28 +397,9 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         self.delete_objects(container, prefix)
 
     def delete_objects(self, container: str, prefix: str) -> int:
-        """Delete every object with the prefix.
-
-        _metadata goes first, so an interrupted delete never leaves a
-        backup that looks complete.
-        """
-        try:
-            names_ = set(self.store.list(container, prefix))
-        except exception.StorageContainerNotFound:
-            return 0  # a container removed by hand holds nothing to delete
-        first = [n for n in (fmt.metadata_name(prefix),
-                             fmt.sha256file_name(prefix)) if n in names_]
-        for name in first:
-            self.store.delete(container, name)
-        rest = sorted(names_ - set(first))
-        with concurrency.Executors(self.engine_options.cpu_threads,
-                                   self.engine_options.io_threads) as pools:
-            for _ in pipeline.unordered(
-                    pools.submit_io, self.store.delete,
-                    ((container, n) for n in rest),
-                    self.engine_options.objects_in_flight):
-                pass
-        return len(names_)
+        """Delete every object with the prefix, ``_metadata`` first."""
+        return documents.delete_objects(self.store, container, prefix,
+                                        self.engine_options)
 
     def _delete_objects_quietly(self, container, prefix):
         try:
@@ -513,30 +408,3 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             LOG.error('Could not remove the objects with prefix %(p)s from '
                       '%(c)s (%(err)s); remove them by hand or run the '
                       'cleanup.', {'p': prefix, 'c': container, 'err': e})
-
-
-def _complement(ranges: List[Range], limit: int) -> List[Range]:
-    out = []
-    cursor = 0
-    for start, end in ranges:
-        if start > cursor:
-            out.append((cursor, start))
-        cursor = max(cursor, end)
-    if cursor < limit:
-        out.append((cursor, limit))
-    return out
-
-
-def _intersect(a: List[Range], b: List[Range]) -> List[Range]:
-    out = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        start = max(a[i][0], b[j][0])
-        end = min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out

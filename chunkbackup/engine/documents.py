@@ -10,8 +10,10 @@ from typing import Any, Callable, List, Optional
 from oslo_log import log as logging
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import concurrency
 from chunkbackup.engine import blockmap
 from chunkbackup import exception
+from chunkbackup import pipeline
 
 LOG = logging.getLogger(__name__)
 
@@ -177,3 +179,27 @@ def write_documents(store, backup, location: Location,
     store.put(location.container, location.metadata,
               fmt.dumps(metadata.to_json()), extra_metadata)
     flush()
+
+
+def delete_objects(store, container: str, prefix: str, options) -> int:
+    """Delete every object with the prefix; return how many there were.
+
+    ``_metadata`` goes first, so an interrupted delete never leaves a
+    backup that looks complete.
+    """
+    try:
+        names = set(store.list(container, prefix))
+    except exception.StorageContainerNotFound:
+        return 0  # a container removed by hand holds nothing to delete
+    first = [n for n in (fmt.metadata_name(prefix),
+                         fmt.sha256file_name(prefix)) if n in names]
+    for name in first:
+        store.delete(container, name)
+    rest = sorted(names - set(first))
+    with concurrency.Executors(options.cpu_threads,
+                               options.io_threads) as pools:
+        for _ in pipeline.unordered(pools.submit_io, store.delete,
+                                    ((container, n) for n in rest),
+                                    options.objects_in_flight):
+            pass
+    return len(names)
