@@ -11,6 +11,7 @@ import pytest
 
 from chunkbackup import exception
 from chunkbackup import progress
+from chunkbackup import storage
 from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
 
@@ -135,17 +136,31 @@ def test_empty_volume(make_posix, ops, tmp_path):
     assert os.path.getsize(ops.restore(driver, record)) == 0
 
 
-class _CountingStore:
-    def __init__(self, inner):
-        self.inner = inner
-        self.gets = []
+class _CountingStore(storage.ForwardingStore):
+    """Records the names of the objects read, whole or streamed."""
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.gets = []
+        self.puts = []
 
     def get(self, container, name, extra_metadata=None):
         self.gets.append(name)
-        return self.inner.get(container, name, extra_metadata)
+        return super().get(container, name, extra_metadata)
+
+    def get_stream(self, container, name, extra_metadata=None,
+                   chunk_size=storage.DEFAULT_CHUNK_SIZE):
+        self.gets.append(name)
+        return super().get_stream(container, name, extra_metadata,
+                                  chunk_size)
+
+    def put(self, container, name, body, extra_metadata=None):
+        self.puts.append(name)
+        super().put(container, name, body, extra_metadata)
+
+    def put_stream(self, container, name, produce, extra_metadata=None):
+        self.puts.append(name)
+        super().put_stream(container, name, produce, extra_metadata)
 
 
 def test_restore_fetches_only_objects_that_own_blocks(make_posix, ops,
@@ -165,6 +180,11 @@ def test_restore_fetches_only_objects_that_own_blocks(make_posix, ops,
     assert sorted(data_gets) == sorted([
         full.service_metadata + '-00001', full.service_metadata + '-00003',
         inc.service_metadata + '-00001'])
+    # Only the target's block map is read (streamed); a restore stores
+    # nothing.
+    sha_gets = [n for n in counting.gets if n.endswith('_sha256file')]
+    assert sha_gets == [inc.service_metadata + '_sha256file']
+    assert counting.puts == []
 
 
 class _WriteCounter:
