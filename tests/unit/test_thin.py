@@ -273,3 +273,25 @@ def test_grown_thin_volume_with_a_map(driver, ops, tmp_path,
     # The parent's short last block is never taken from it.
     assert (PARENT // BS * BS, BS) in _objects(driver, inc)
     _check_restores(driver, ops, tmp_path, inc, volume)
+
+
+def test_incremental_data_to_hole_with_a_map(driver, ops, tmp_path):
+    size = 4 * OBJECT + 777
+    volume = str(tmp_path / 'vol')
+    with open(volume, 'wb') as f:
+        f.write(os.urandom(size))
+    full, _ = _backup(driver, volume)
+    punched = (2 * OBJECT, 3 * BS)
+    with open(volume, 'r+b') as f:
+        if not restore_executor.punch_hole(f.fileno(), *punched):
+            pytest.skip('the tmp file system cannot punch holes')
+    inc, stats = _backup(driver, volume, parent=full,
+                         changed_extents=[punched])
+    # The punched blocks are holes, neither read nor taken from the
+    # parent; everything else the map vouches for.
+    assert stats.changed_map == 'used'
+    assert stats.hole_bytes == 3 * BS
+    assert stats.known_bytes == size - 3 * BS
+    assert stats.bytes_read == stats.blocks_sampled * BS
+    assert _objects(driver, inc) == [(2 * OBJECT, 3 * BS)]
+    _check_restores(driver, ops, tmp_path, inc, volume)
