@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import checksums
@@ -80,7 +80,7 @@ class Zeros:
         self.block = self.piece[:block_size]
         self.block_digest = fmt.zero_digest(block_size)
         self.compressor = compressor
-        self._encoded = {}
+        self._encoded: Dict[int, Tuple[str, bytes, str]] = {}
         self._lock = concurrency.native_lock()
 
     def is_zero(self, data) -> bool:
@@ -181,6 +181,7 @@ class _Work:
     pieces: List[Tuple[int, int, str]]
     buffer: Optional[bytearray] = None
     filled: bool = False
+    read: int = 0  # bytes read from the volume into the buffer
 
 
 @dataclasses.dataclass
@@ -202,6 +203,8 @@ class BackupWriter:
         self.zeros = zeros
         self.bs = options.sha_block_size
         self.window_blocks = options.object_size // self.bs
+        # The objects stored so far, in order (progress reports list them).
+        self.entries: List[fmt.ObjectEntry] = []
 
     def write(self, location: documents.Location, source, segments,
               parent: Optional[Parent], extra_metadata, run, stats
@@ -213,7 +216,8 @@ class BackupWriter:
         self.parent_blocks = parent.block_map.block_count if parent else 0
         block_map = blockmap.BlockMap(self.bs, self.options.block_map_memory,
                                       self.options.temp_dir)
-        entries: List[fmt.ObjectEntry] = []
+        entries = self.entries
+        entries.clear()
         window = self.options.objects_in_flight
         # The window's buffers and one more (being filled, or written raw).
         pool = BufferPool(self.options.object_size, window + 1)
@@ -295,10 +299,10 @@ class BackupWriter:
     def _byte_range(self, first: int, end: int) -> Tuple[int, int]:
         return first * self.bs, min(end * self.bs, self.size)
 
-    def _fill(self, source, work: _Work) -> int:
+    def _fill(self, source, work: _Work) -> None:
         """Read the READ pieces into the buffer, zeros where holes are."""
-        if work.filled:
-            return 0
+        if work.filled or work.buffer is None:
+            return
         view = memoryview(work.buffer)
         base = work.first * self.bs
         read = 0
@@ -313,27 +317,28 @@ class BackupWriter:
             elif kind == sources.HOLE:
                 target[:] = self.zeros.view[:len(target)]
         work.filled = True
-        return read
+        work.read = read
 
     # ------------------------------------------------------------------
     # Processing one item (on a native thread).
 
     def _process(self, source, work: _Work) -> _Result:
-        read = self._fill(source, work) if work.buffer is not None else 0
+        self._fill(source, work)
         start, stop = self._byte_range(work.first, work.end)
         view = memoryview(work.buffer) if work.buffer is not None else None
         digests = b''.join(self._digests(view, work, first, end, kind)
                            for first, end, kind in work.pieces)
         extents = [self._extent(view, work, a, b)
                    for a, b in self._stored_runs(work, digests)]
-        return _Result(digests, extents, work.buffer, stop - start, read)
+        return _Result(digests, extents, work.buffer, stop - start,
+                       work.read)
 
     def _digests(self, view, work, first, end, kind) -> bytes:
         start, stop = self._byte_range(first, end)
         if kind == sources.HOLE:
             return self.zeros.digests(stop - start)
         if kind == sources.KNOWN:
-            return self.parent.block_map.read(first, end - first)
+            return self._parent_map().read(first, end - first)
         base = work.first * self.bs
         return self._hash(work.buffer, start - base, stop - base)
 
@@ -358,12 +363,16 @@ class BackupWriter:
             out.append(sha256(view[stop - tail:stop]).digest())
         return b''.join(out)
 
+    def _parent_map(self) -> blockmap.BlockMap:
+        assert self.parent is not None, 'only incrementals have a parent'
+        return self.parent.block_map
+
     def _base_digests(self, first: int, end: int) -> bytes:
         """The parent's digests of blocks [first, end); zeros past its end."""
         known_end = min(end, self.parent_blocks)
         parts = []
         if first < known_end:
-            parts.append(self.parent.block_map.read(first, known_end - first))
+            parts.append(self._parent_map().read(first, known_end - first))
         if end > max(first, known_end):
             start, stop = self._byte_range(max(first, known_end), end)
             parts.append(self.zeros.digests(stop - start))

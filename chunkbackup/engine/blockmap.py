@@ -99,11 +99,16 @@ class BlockMap:
             self._pages.append(offset)
             self._unwritten.append(bytes(page))
 
+    def _descriptor(self) -> int:
+        assert self._fd is not None, 'the block map has not spilled'
+        return self._fd
+
     def _flush(self) -> None:
+        fd = self._descriptor()
         data = memoryview(b''.join(self._unwritten))
         self._unwritten = []
         while data:
-            written = os.pwrite(self._fd, data, self._file_size)
+            written = os.pwrite(fd, data, self._file_size)
             self._file_size += written
             data = data[written:]
 
@@ -111,11 +116,11 @@ class BlockMap:
         if index == len(self._pages):
             return bytes(self._tail)
         where = self._pages[index]
-        if where == _ZERO:
+        if where == _ZERO and self.zero_page is not None:
             return self.zero_page
         if where < 0:
             return self._memory[-2 - where]
-        data = os.pread(self._fd, PAGE_BYTES, where)
+        data = os.pread(self._descriptor(), PAGE_BYTES, where)
         if len(data) != PAGE_BYTES:
             raise OSError('block map temporary file is short')
         return data
@@ -272,10 +277,10 @@ def read_sha256file(chunks: Iterable[bytes], backup_id: str,
         block_map.append(sha.digests)
         return block_map
     rest = bytes(head[match.end():])
-    head = bytes(head[:match.end()])
+    head_text = bytes(head[:match.end()])
     # Keys are sorted: chunk_size comes first, and lets runs of the zero
     # block's digest decode by one comparison.
-    hint = _CHUNK_SIZE.search(head)
+    hint = _CHUNK_SIZE.search(head_text)
     block_size = int(hint.group(1)) if hint else 0
     if not 0 < block_size <= MAX_COMPACT_BLOCK:
         block_size = 0
@@ -289,7 +294,7 @@ def read_sha256file(chunks: Iterable[bytes], backup_id: str,
     if tail is None:
         raise invalid('the "sha256s" list never ends: the object is '
                       'truncated')
-    header = fmt.parse_sha256file(head + b']' + bytes(tail), backup_id,
+    header = fmt.parse_sha256file(head_text + b']' + bytes(tail), backup_id,
                                   object_name)
     if block_size and block_size != header.chunk_size:
         raise invalid('it names two chunk sizes')
@@ -366,9 +371,13 @@ class _DigestDecoder:
         for position, char in _CANONICAL_MARKS:
             if units[position::_CANONICAL_UNIT] != char * count:
                 return False
+        hexes = units.translate(None, _CANONICAL_NOISE)
+        if len(hexes) != count * 2 * DIGEST_SIZE:
+            # Noise inside the quotes, not between items.
+            raise self.invalid('the "sha256s" list holds an item that is '
+                               'not a quoted hex SHA-256')
         try:
-            self.parts.append(binascii.unhexlify(
-                units.translate(None, _CANONICAL_NOISE)))
+            self.parts.append(binascii.unhexlify(hexes))
         except binascii.Error:
             raise self.invalid('the "sha256s" list holds a value that is '
                                'not hex')

@@ -85,14 +85,21 @@ def read_metadata(store, backup, location: Location) -> fmt.Metadata:
 
 
 def read_block_map(store, backup, location: Location, memory_budget: int,
-                   temp_dir: Optional[str]) -> blockmap.BlockMap:
-    """The backup's ``_sha256file``, streamed into a block map."""
+                   temp_dir: Optional[str], missing_ok: bool = False
+                   ) -> Optional[blockmap.BlockMap]:
+    """The backup's ``_sha256file``, streamed into a block map.
+
+    With ``missing_ok``, None when the backup has no ``_sha256file``
+    (Cinder restores such a backup from its objects and their MD5s).
+    """
     try:
         chunks = store.get_stream(location.container, location.sha256file)
         return blockmap.read_sha256file(chunks, backup.id,
                                         location.sha256file, memory_budget,
                                         temp_dir)
     except exception.StorageObjectNotFound:
+        if missing_ok:
+            return None
         raise _missing(backup, location, location.sha256file, '')
 
 
@@ -163,16 +170,21 @@ def common_fields(backup) -> dict:
 def write_documents(store, backup, location: Location,
                     entries: List[fmt.ObjectEntry],
                     block_map: blockmap.BlockMap, volume_meta: Optional[str],
-                    extra_metadata, flush: Callable[[], None]) -> None:
+                    extra_metadata, flush: Callable[[], None],
+                    check_cancel: Optional[Callable[[], None]] = None
+                    ) -> None:
     """``_sha256file`` then ``_metadata``, each made durable in turn.
 
-    A backup whose ``_metadata`` exists is complete, so it goes last.
+    A backup whose ``_metadata`` exists is complete, so it goes last;
+    ``check_cancel`` is asked once more just before it is written.
     """
     common = common_fields(backup)
     store.put_stream(location.container, location.sha256file,
                      blockmap.sha256file_chunks(block_map, common),
                      extra_metadata)
     flush()
+    if check_cancel is not None:
+        check_cancel()
     metadata = fmt.Metadata(
         parent_id=backup.parent_id or None, objects=entries,
         volume_meta=volume_meta, extra_metadata=extra_metadata, **common)

@@ -7,10 +7,15 @@ layer wins), which objects still own something and must be fetched, and
 which ranges are zeros: objects whose blocks are all zeros in the target's
 block map, and ranges no object covers (a thin backup's holes), which the
 block map must say are zeros.
+
+A backup whose ``_sha256file`` is lost has no block map: Cinder restores
+it from its objects alone, and so does this plan, but then nothing can
+vouch for bytes no object holds, so the chain's objects must cover every
+byte (Cinder's always do), and every object is fetched (its MD5 checked).
 """
 import bisect
 import dataclasses
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
 from chunkbackup.engine import blockmap
@@ -39,7 +44,8 @@ class Fetch:
 class RestorePlan:
     size: int
     block_size: int
-    block_map: blockmap.BlockMap
+    # None: the target's _sha256file is lost (only MD5s can be checked).
+    block_map: Optional[blockmap.BlockMap]
     fetches: List[Fetch]
     zero_runs: List[Range]
     chain: List[documents.Layer]
@@ -47,6 +53,10 @@ class RestorePlan:
     @property
     def zero_bytes(self) -> int:
         return sum(end - start for start, end in self.zero_runs)
+
+    def close(self) -> None:
+        if self.block_map is not None:
+            self.block_map.close()
 
 
 class _Claims:
@@ -117,9 +127,16 @@ def check_chain(chain: List[documents.Layer], block_size: int) -> int:
     return max((layer.end for layer in chain), default=0)
 
 
-def plan(chain: List[documents.Layer], block_map: blockmap.BlockMap,
-         size: int) -> RestorePlan:
-    """Work out the restore of the chain's last backup (see module doc)."""
+def plan(chain: List[documents.Layer],
+         block_map: Optional[blockmap.BlockMap], size: int,
+         block_size: Optional[int] = None) -> RestorePlan:
+    """Work out the restore of the chain's last backup (see module doc).
+
+    ``block_size`` is used only without a block map: the granularity at
+    which restored zeros are found by content.
+    """
+    if block_map is None:
+        return _plan_without_block_map(chain, size, block_size)
     target = chain[-1]
     bs = block_map.block_size
     if block_map.block_count != -(-size // bs):
@@ -155,6 +172,27 @@ def plan(chain: List[documents.Layer], block_map: blockmap.BlockMap,
                        chain)
 
 
+def _plan_without_block_map(chain, size, block_size) -> RestorePlan:
+    target = chain[-1]
+    claims = _Claims()
+    fetches = []
+    for layer in reversed(chain):
+        for entry in layer.metadata.objects:
+            pieces = claims.claim(entry.offset, entry.end)
+            if pieces:
+                fetches.append(Fetch(layer, entry, pieces))
+    gaps = claims.gaps(size)
+    if gaps:
+        raise exception.InvalidBackupMetadata(
+            backup_id=target.backup.id, object=target.location.metadata,
+            reason='no object of the chain holds the bytes at offset %d, '
+                   'and without its _sha256file (%s) nothing says they are '
+                   'zeros; restore an older backup of the chain'
+                   % (gaps[0][0], target.location.sha256file))
+    fetches.sort(key=lambda f: f.entry.offset)
+    return RestorePlan(size, block_size, None, fetches, [], chain)
+
+
 def _merge(ranges: List[Range]) -> List[Range]:
     out: List[List[int]] = []
     for start, end in ranges:
@@ -174,7 +212,7 @@ class _ZeroCheck:
         bs = block_map.block_size
         self.full = fmt.zero_digest(bs)
         self.tail = fmt.zero_digest(size % bs) if size % bs else None
-        self.first_nonzero = None
+        self.first_nonzero = 0
 
     def all_zero(self, start: int, end: int) -> bool:
         bs = self.block_map.block_size

@@ -40,7 +40,14 @@ def load_parent(store, backup: Any, volume_size: int,
                        volume_size, parent_size, parent.id))
     block_map = documents.read_block_map(
         store, parent, chain[-1].location, options.block_map_memory,
-        options.temp_dir)
+        options.temp_dir, missing_ok=True)
+    if block_map is None:
+        raise exception.ParentMismatch(
+            backup_id=backup.id,
+            reason='parent %s has no _sha256file (%s is lost), so there '
+                   'are no block digests to compare with; it can still be '
+                   'restored, but make a full backup instead of an '
+                   'incremental' % (parent.id, chain[-1].location.sha256file))
     bs = block_map.block_size
     problem = None
     if bs != options.sha_block_size:

@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import stat
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import checksums
@@ -194,6 +194,8 @@ class RestoreExecutor:
         except ValueError as e:
             raise _corrupt(fetch, entry.offset, e)
         del body
+        # Without a block map (a lost _sha256file) the MD5 is all there is.
+        check_md5 = check_md5 or plan.block_map is None
         if check_md5 and checksums.md5_hex(data) != entry.md5:
             raise _corrupt(fetch, entry.offset,
                            'its MD5 differs from the one in _metadata')
@@ -216,9 +218,15 @@ def _corrupt(fetch, offset, reason):
 def check_blocks(plan, fetch, view, start: int, end: int) -> List[bool]:
     """Check every block of [start, end) against the target's block map.
 
-    Returns, per block, whether it is a zero block.
+    Returns, per block, whether it is a zero block. Without a block map
+    nothing can be checked here, and zero blocks are found by content.
     """
     bs = plan.block_size
+    if plan.block_map is None:
+        base = fetch.entry.offset
+        zeros = bytes(bs)  # startswith is a memcmp
+        return [zeros.startswith(view[pos - base:min(pos + bs, end) - base])
+                for pos in range(start, end, bs)]
     first = start // bs
     expected_all = plan.block_map.read(first, -(-end // bs) - first)
     size = fmt.DIGEST_SIZE
@@ -238,7 +246,7 @@ def check_blocks(plan, fetch, view, start: int, end: int) -> List[bool]:
     return zero_blocks
 
 
-_ZERO_CACHE = {}
+_ZERO_CACHE: Dict[int, bytes] = {}
 
 
 def _zero_digest(length: int) -> bytes:

@@ -16,6 +16,8 @@ import os
 import stat
 from typing import Iterable, Iterator, List, Optional, Tuple
 
+from chunkbackup import exception
+
 Range = Tuple[int, int]  # [start, end) in bytes
 
 READ = 'read'
@@ -133,10 +135,15 @@ class StreamSource(VolumeSource):
 
     description = 'file object'
 
-    def __init__(self, volume_file, size: int):
+    def __init__(self, volume_file, size: int, owns_file: bool = False):
         self.file = volume_file
         self.size = size
-        self.position = None
+        self.owns_file = owns_file
+        self.position: Optional[int] = None
+
+    def close(self) -> None:
+        if self.owns_file:
+            self.file.close()
 
     def read_into(self, offset, buffer):
         if self.position != offset:
@@ -175,10 +182,7 @@ def open_source(volume_file, skip_holes: bool,
             except (OSError, ValueError):
                 pass
         return FileSource(fd, size, skip_holes, volume_file, owns_file)
-    source = StreamSource(volume_file, size)
-    if owns_file:
-        source.close = volume_file.close
-    return source
+    return StreamSource(volume_file, size, owns_file)
 
 
 # ----------------------------------------------------------------------
@@ -305,6 +309,9 @@ class NbdSource(VolumeSource):
 
     def changed_extents(self) -> List[Tuple[int, int]]:
         """(offset, length) of what the dirty bitmap marks as changed."""
+        if not self.dirty_bitmap:
+            raise exception.InvalidBackup(
+                reason='no dirty bitmap was named for %s' % self.url)
         return list(self._nbd.dirty_extents(self.client, self.dirty_bitmap))
 
     def read_into(self, offset, buffer):

@@ -216,10 +216,6 @@ def test_item_of_the_wrong_length_is_an_error(length):
     _assert_invalid(data, 'not a quoted hex SHA-256')
 
 
-@pytest.mark.xfail(strict=True, reason='engine bug: the indent-2 fast path '
-                   'strips spaces and commas inside a quoted item, so '
-                   '"<62 hex>  " decodes as a 31-byte digest and shifts the '
-                   'rest of the map instead of being refused')
 @pytest.mark.parametrize('padding', ['  ', ', '])
 def test_item_padded_with_whitespace_inside_the_quotes_is_an_error(padding):
     digests = _digests(300)

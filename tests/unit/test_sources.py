@@ -239,9 +239,6 @@ def test_backup_of_a_file_object_without_descriptor(make_posix, ops):
     assert stats.stored_logical_bytes == len(STREAM_VOLUME)
 
 
-@pytest.mark.xfail(strict=True, reason='engine bug: BackupWriter._window '
-                   'fills a sequential source on the reading thread and '
-                   'drops the count, so _process counts 0 bytes read')
 def test_backup_of_a_stream_counts_the_bytes_read(make_posix, ops):
     stats = _backup_stream(make_posix, ops, STREAM_VOLUME)
     assert stats.bytes_read == len(STREAM_VOLUME)
