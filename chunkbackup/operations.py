@@ -208,10 +208,12 @@ def _create_backup(session, path, source, incremental, name, description,
     stats = engine_backup.BackupStats()
     try:
         driver.backup(record, source, changed_extents=changed, stats=stats)
+        # Raises StatusConflict when a cancel came after the engine's last
+        # look: the backup then fails, its objects go with the next cleanup.
+        states.finish_backup(session, record, source.size, stats.to_dict())
     except BaseException as e:
         states.fail_backup(session, record, e)
         raise
-    states.finish_backup(session, record, source.size, stats.to_dict())
     return record
 
 

@@ -14,7 +14,11 @@ live in one place:
 - A job goes ``queued``, then ``running`` (claimed by one owner), then
   ``done``, ``failed`` or ``cancelled``.
 
-Each function commits what it changed.
+Each function commits what it changed. Every status change is one
+conditional UPDATE (``... WHERE status IN (what the transition starts
+from)``), so of two operations racing for a record exactly one wins; the
+other gets a :class:`StatusConflict` (one line: what the record is now)
+and has changed nothing.
 """
 import os
 import socket
@@ -47,9 +51,26 @@ FAILED = 'failed'
 CANCELLED = 'cancelled'
 
 
-class BackupBusy(exception.ChunkBackupError):
+class StatusConflict(exception.ChunkBackupError):
+    """Another operation changed the record first; nothing was done."""
+
+    msg_fmt = ("cannot %(action)s backup %(backup_id)s: it is %(status)s "
+               "now (another operation changed it first)")
+
+
+class BackupBusy(StatusConflict):
     msg_fmt = ("backup %(backup_id)s is %(status)s by %(owner)s; wait, or "
                "run chunkbackup cleanup if that process is gone")
+
+
+class JobConflict(exception.ChunkBackupError):
+    msg_fmt = ("cannot end job %(job_id)s %(wanted)s: it is %(status)s now "
+               "(a shutdown or clean-up ended it first)")
+
+
+class BackupGone(StatusConflict):
+    msg_fmt = ("cannot %(action)s backup %(backup_id)s: it was deleted "
+               "(by another operation)")
 
 
 # Owners. --------------------------------------------------------------------
@@ -90,6 +111,46 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _conflict(session: orm.Session, backup_id: str,
+              action: str) -> StatusConflict:
+    """The error for the loser of a race: what the record is now."""
+    row = session.execute(
+        sa.select(models.Backup.status, models.Backup.owner)
+        .where(models.Backup.id == backup_id)).first()
+    session.commit()
+    if row is None:
+        return BackupGone(backup_id=backup_id, action=action)
+    status, owner = row
+    if status in BUSY_STATUSES and owner:
+        return BackupBusy(backup_id=backup_id, status=status, owner=owner)
+    return StatusConflict(backup_id=backup_id, action=action, status=status)
+
+
+def _transition(session: orm.Session, record: models.Backup, action: str,
+                allowed, **values) -> None:
+    """Set ``values`` on ``record`` in one UPDATE, only where ``allowed``.
+
+    ``allowed`` is a condition on the row (its status, owner) that held
+    when the transition was decided; when another operation changed the
+    row first, nothing is written and StatusConflict says what it is now.
+    """
+    changed = session.execute(
+        sa.update(models.Backup)
+        .where(models.Backup.id == record.id, allowed)
+        .values(**values)
+        .execution_options(synchronize_session=False)).rowcount
+    session.commit()
+    if changed != 1:
+        raise _conflict(session, record.id, action)
+    for key, value in values.items():
+        # What the row now holds, without reading it again.
+        orm.attributes.set_committed_value(record, key, value)
+
+
+def _status_in(*statuses: str):
+    return models.Backup.status.in_(statuses)
+
+
 # Backups. -------------------------------------------------------------------
 
 def begin_backup(session: orm.Session, *, volume_id: str, driver: str,
@@ -118,25 +179,23 @@ def finish_backup(session: orm.Session, record: models.Backup,
     ``stats`` says what the backup did (bytes read and stored, holes
     skipped, whether a changed-block map was used).
     """
-    record.size_bytes = size_bytes
-    record.stats = stats
-    record.status = AVAILABLE
-    record.data_timestamp = record.created_at
-    record.owner = None
-    session.commit()
+    _transition(session, record, 'finish', _status_in(CREATING),
+                size_bytes=size_bytes, stats=stats, status=AVAILABLE,
+                data_timestamp=record.created_at, owner=None)
 
 
 def fail_backup(session: orm.Session, record: models.Backup,
                 error: BaseException) -> None:
     """The backup failed or was cancelled: ``error``, never a parent.
 
-    What the session held uncommitted is rolled back first.
+    What the session held uncommitted is rolled back first. Raises
+    StatusConflict if the record is no longer being created, cancelled or
+    failed (another operation took it).
     """
     session.rollback()
-    record.status = ERROR
-    record.fail_reason = _reason(error)
-    record.owner = None
-    session.commit()
+    _transition(session, record, 'fail',
+                _status_in(CREATING, DELETING, ERROR),
+                status=ERROR, fail_reason=_reason(error), owner=None)
 
 
 def request_cancel(session: orm.Session, backup_id: str) -> bool:
@@ -185,10 +244,12 @@ def abandon_backup(session: orm.Session, backup_id: str,
 
 
 def begin_restore(session: orm.Session, record: models.Backup) -> None:
-    """``restoring``, owned by this process, until :func:`end_restore`."""
-    record.status = RESTORING
-    record.owner = owner_id()
-    session.commit()
+    """``restoring``, owned by this process, until :func:`end_restore`.
+
+    Raises StatusConflict (BackupBusy) unless the backup is available.
+    """
+    _transition(session, record, 'restore', _status_in(AVAILABLE),
+                status=RESTORING, owner=owner_id())
 
 
 def end_restore(session: orm.Session, record: models.Backup) -> None:
@@ -197,23 +258,26 @@ def end_restore(session: orm.Session, record: models.Backup) -> None:
     What the session held uncommitted is rolled back first.
     """
     session.rollback()
-    record.status = AVAILABLE
-    record.owner = None
-    session.commit()
+    _transition(session, record, 'end the restore of',
+                sa.and_(_status_in(RESTORING),
+                        models.Backup.owner == owner_id()),
+                status=AVAILABLE, owner=None)
 
 
 def begin_delete(session: orm.Session, record: models.Backup) -> None:
     """``deleting``, owned by this process.
 
-    Raises BackupBusy if another process is working on the backup.
+    Raises BackupBusy if another operation is working on the backup: one
+    of another process, or a restore or delete of this one. A backup this
+    process is creating may go.
     """
-    if record.status in BUSY_STATUSES and record.owner and \
-            record.owner != owner_id():
-        raise BackupBusy(backup_id=record.id, status=record.status,
-                         owner=record.owner)
-    record.status = DELETING
-    record.owner = owner_id()
-    session.commit()
+    me = owner_id()
+    owner = models.Backup.owner
+    _transition(session, record, 'delete',
+                sa.or_(models.Backup.status.notin_(BUSY_STATUSES),
+                       owner.is_(None),
+                       sa.and_(_status_in(CREATING), owner == me)),
+                status=DELETING, owner=me)
 
 
 def fail_delete(session: orm.Session, record: models.Backup,
@@ -223,16 +287,23 @@ def fail_delete(session: orm.Session, record: models.Backup,
     What the session held uncommitted is rolled back first.
     """
     session.rollback()
-    record.status = ERROR_DELETING
-    record.fail_reason = str(error)
-    record.owner = None
-    session.commit()
+    _transition(session, record, 'fail the delete of',
+                sa.and_(_status_in(DELETING),
+                        models.Backup.owner == owner_id()),
+                status=ERROR_DELETING, fail_reason=str(error), owner=None)
 
 
 def finish_delete(session: orm.Session, record: models.Backup) -> None:
-    """Its objects are gone: the record goes too."""
-    session.delete(record)
+    """Its objects are gone: the record goes too (if still ours)."""
+    gone = session.execute(
+        sa.delete(models.Backup)
+        .where(models.Backup.id == record.id, _status_in(DELETING),
+               models.Backup.owner == owner_id())
+        .execution_options(synchronize_session=False)).rowcount
     session.commit()
+    if gone != 1:
+        raise _conflict(session, record.id, 'finish the delete of')
+    session.expunge(record)
 
 
 # Jobs. ----------------------------------------------------------------------
@@ -279,13 +350,29 @@ def link_job_backup(session: orm.Session, job_id: int,
 def finish_job(session: orm.Session, job: models.Job, status: str,
                error: Optional[str] = None,
                backup_id: Optional[str] = None) -> None:
-    """End a job ``done``, ``failed`` or ``cancelled``."""
-    job.status = status
-    job.error = error
-    job.finished_at = models.utcnow()
+    """End a running job ``done``, ``failed`` or ``cancelled``.
+
+    Raises JobConflict if it is no longer running (a shutdown or a
+    clean-up ended it first).
+    """
+    values = {'status': status, 'error': error,
+              'finished_at': models.utcnow()}
     if backup_id:
-        job.backup_id = backup_id
+        values['backup_id'] = backup_id
+    changed = session.execute(
+        sa.update(models.Job)
+        .where(models.Job.id == job.id, models.Job.status == RUNNING)
+        .values(**values)
+        .execution_options(synchronize_session=False)).rowcount
     session.commit()
+    if changed != 1:
+        now = session.scalar(sa.select(models.Job.status)
+                             .where(models.Job.id == job.id))
+        session.commit()
+        raise JobConflict(job_id=job.id, status=now or 'deleted',
+                          wanted=status)
+    for key, value in values.items():
+        orm.attributes.set_committed_value(job, key, value)
 
 
 def abandon_job(session: orm.Session, job_id: int, error: str) -> None:
@@ -319,27 +406,36 @@ def cleanup_interrupted(session: orm.Session,
     for record in records:
         if owner_alive(record.owner, current_pid):
             continue
-        owner = record.owner
-        if record.status == RESTORING:
-            LOG.warning('Backup %(id)s was being restored by %(o)s, which '
-                        'is gone; it is available again (check the restore '
-                        'target).', {'id': record.id, 'o': owner})
-            record.status = AVAILABLE
-            record.owner = None
-            session.commit()
-            continue
-        if record.status == AVAILABLE:
-            record.owner = None
-            session.commit()
+        owner, status = record.owner, record.status
+        # Taken over only as it was read: a clean-up running elsewhere at
+        # the same time, or a new owner, wins and this one skips it.
+        still = sa.and_(models.Backup.status == status,
+                        models.Backup.owner == owner)
+        try:
+            if status == RESTORING:
+                _transition(session, record, 'clean up', still,
+                            status=AVAILABLE, owner=None)
+                LOG.warning('Backup %(id)s was being restored by %(o)s, '
+                            'which is gone; it is available again (check '
+                            'the restore target).',
+                            {'id': record.id, 'o': owner})
+                continue
+            if status == AVAILABLE:
+                _transition(session, record, 'clean up', still, owner=None)
+                continue
+            reason = record.fail_reason
+            if status != ERROR or not reason:
+                reason = ('interrupted: %s stopped while the backup was %s'
+                          % (owner, status))
+            _transition(session, record, 'clean up', still, status=ERROR,
+                        fail_reason=reason)
+        except StatusConflict as e:
+            LOG.info('Left backup %(id)s alone: %(err)s',
+                     {'id': record.id, 'err': e})
             continue
         LOG.warning('Backup %(id)s was %(st)s by %(o)s, which is gone; '
                     'removing its objects and setting it to error.',
-                    {'id': record.id, 'st': record.status, 'o': owner})
-        if record.status != ERROR or not record.fail_reason:
-            record.fail_reason = ('interrupted: %s stopped while the backup '
-                                  'was %s' % (owner, record.status))
-        record.status = ERROR
-        session.commit()
+                    {'id': record.id, 'st': status, 'o': owner})
         try:
             if record.container and record.service_metadata:
                 remove_objects(record)
@@ -350,8 +446,15 @@ def cleanup_interrupted(session: orm.Session,
                       {'id': record.id, 'err': getattr(e, 'msg', None) or e})
             session.rollback()
         else:
-            record.owner = None
+            session.execute(
+                sa.update(models.Backup)
+                .where(models.Backup.id == record.id,
+                       models.Backup.status == ERROR,
+                       models.Backup.owner == owner)
+                .values(owner=None)
+                .execution_options(synchronize_session=False))
             session.commit()
+            orm.attributes.set_committed_value(record, 'owner', None)
         cleaned.append(record.id)
     stale_jobs = list(session.scalars(
         sa.select(models.Job).where(models.Job.status == RUNNING)))
@@ -360,9 +463,12 @@ def cleanup_interrupted(session: orm.Session,
             continue
         LOG.warning('Job %(id)s was run by %(o)s, which is gone; it failed.',
                     {'id': job.id, 'o': job.owner})
-        finish_job(session, job, FAILED,
-                   error='interrupted: %s stopped before the job finished'
-                         % job.owner)
+        try:
+            finish_job(session, job, FAILED,
+                       error='interrupted: %s stopped before the job '
+                             'finished' % job.owner)
+        except JobConflict as e:
+            LOG.info('%s', e)
     cleaned.extend(_remove_leftovers_of_failed(session, remove_objects,
                                                set(cleaned)))
     return cleaned
