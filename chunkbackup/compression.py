@@ -22,6 +22,10 @@ READABLE_LABELS = frozenset(_FAMILIES) | frozenset(['none'])
 
 # Levels chosen for backup throughput; [chunkbackup] compression_level wins.
 _DEFAULT_LEVELS = {'zlib': 1, 'bz2': 9, 'zstd': 1}
+# The levels each codec takes, (lowest, highest); zstd's negative levels
+# trade ratio for speed (ZSTD_minCLevel() is -2**17).
+LEVEL_RANGES = {'zlib': (0, 9), 'bz2': (1, 9),
+                'zstd': (-2 ** 17, zstandard.MAX_COMPRESSION_LEVEL)}
 
 # Data whose sampled zstd-1 ratio is above this is stored raw without trying
 # the configured (slower) codec on all of it.
@@ -42,6 +46,24 @@ def storage_label(algorithm: str) -> str:
     return label
 
 
+def check_level(algorithm: str, level: Optional[int]) -> Optional[int]:
+    """Refuse a compression level the configured codec does not take.
+
+    Checked when the options are read, so a wrong level never surfaces as
+    a codec's ValueError in the middle of a backup.
+    """
+    family = _FAMILIES.get(storage_label(algorithm))
+    if level is None or family is None:
+        return level
+    low, high = LEVEL_RANGES[family]
+    if not low <= level <= high:
+        raise exception.InvalidConfiguration(
+            reason='[chunkbackup] compression_level = %d is out of range for '
+                   '%s: use %d to %d, or leave it unset for %d'
+                   % (level, algorithm, low, high, _DEFAULT_LEVELS[family]))
+    return level
+
+
 class Compressor:
     """Compresses object bodies for one label; safe to share across threads.
 
@@ -53,6 +75,7 @@ class Compressor:
     def __init__(self, algorithm: str, level: Optional[int] = None):
         self.label = storage_label(algorithm)
         self.family = _FAMILIES.get(self.label)
+        level = check_level(algorithm, level)
         self.level = (level if level is not None
                       else _DEFAULT_LEVELS.get(self.family))
         self._local = concurrency.native_thread_local()

@@ -6,12 +6,18 @@ Cinder's ``[DEFAULT] backup_*`` options.
 """
 import importlib
 import pkgutil
+import re
 
 from oslo_config import cfg
 
 CONF = cfg.CONF
 
 ENGINE_GROUP = 'chunkbackup'
+
+# The largest data object chunkbackup writes (every driver's object_size):
+# memory is about objects_in_flight x 2 x object_size, and Cinder's own
+# drivers stay below 2 GiB.
+MAX_OBJECT_SIZE = 2 ** 30
 
 COMPRESSION_CHOICES = [
     ('zstd', 'Zstandard: fast, and what chunkbackup recommends.'),
@@ -42,7 +48,9 @@ engine_opts = [
                default=None,
                help='Codec level. Unset means a level chosen for backup '
                     'throughput: 1 for zlib and zstd, 9 for bz2. Higher '
-                    'levels save space and cost CPU time.'),
+                    'levels save space and cost CPU time. zlib takes 0 to '
+                    '9, bz2 1 to 9, zstd -131072 to 22 (negative levels '
+                    'are faster); other values are refused at start-up.'),
     cfg.IntOpt('sha_block_size',
                default=32768,
                min=512,
@@ -171,19 +179,61 @@ def list_opts():
     return [(group, list(opts)) for group, opts in groups]
 
 
+_OSLO_VALUE_ERROR = re.compile(
+    r"^Value for option (?P<name>\S+)(?: from LocationInfo\(.*?"
+    r"detail='(?P<where>[^']*)'\))?(?: from \S+)? is not valid: "
+    r"(?P<reason>.*)$", re.S)
+
+
+def value_error(group: str, name: str, error: Exception) -> str:
+    """One line naming the option for oslo.config's conversion error.
+
+    oslo.config says "Value for option X from LocationInfo(location=<...>,
+    detail='FILE') is not valid: REASON"; this gives
+    "[GROUP] X in FILE is not valid: REASON".
+    """
+    text = str(error)
+    found = _OSLO_VALUE_ERROR.match(text)
+    if not found:
+        return '[%s] %s: %s' % (group, name, text)
+    where = ' in %s' % found.group('where') if found.group('where') else ''
+    reason = found.group('reason').strip()
+    return '[%s] %s%s is not valid: %s' % (group, name, where,
+                                           reason[:1].lower() + reason[1:])
+
+
+def check_object_size(option: str, size: int) -> None:
+    """Refuse an object size above MAX_OBJECT_SIZE, naming the option."""
+    from chunkbackup import exception
+
+    if size > MAX_OBJECT_SIZE:
+        raise exception.InvalidConfiguration(
+            reason='%s = %d is larger than %d (1 GiB), the largest object '
+                   'chunkbackup writes; memory is about [chunkbackup] '
+                   'objects_in_flight x 2 x the object size'
+                   % (option, size, MAX_OBJECT_SIZE))
+
+
 def validate(conf=CONF) -> None:
     """Read every option once, so a bad value fails at start-up.
 
     oslo.config converts values lazily, when they are first read; a wrong
-    type would otherwise surface in the middle of a backup. Raises
+    type would otherwise surface in the middle of a backup. Values that
+    depend on each other (a codec's levels) are checked too. Raises
     InvalidConfiguration naming the option.
     """
+    from chunkbackup import compression
     from chunkbackup import exception
 
     for group, options in list_opts():
         for opt in options:
             try:
-                getattr(conf[group], opt.dest)
+                value = getattr(conf[group], opt.dest)
             except (cfg.ConfigFileValueError, ValueError) as e:
                 raise exception.InvalidConfiguration(
-                    reason='[%s] %s: %s' % (group, opt.dest, e))
+                    reason=value_error(group, opt.dest, e))
+            if opt.dest == 'object_size' and value is not None:
+                check_object_size('[%s] object_size' % group, value)
+    engine = conf[ENGINE_GROUP]
+    compression.check_level(engine.compression_algorithm,
+                            engine.compression_level)

@@ -11,6 +11,7 @@ from typing import ClassVar, Type, TypeVar
 from oslo_config import cfg
 
 from chunkbackup import exception
+from chunkbackup import opts
 
 MiB = 2 ** 20
 
@@ -24,8 +25,8 @@ def object_size_opt(default: int) -> cfg.IntOpt:
         default=default,
         min=1,
         help='Largest data object in bytes; a multiple of [chunkbackup] '
-             'sha_block_size. Memory use grows with it (see [chunkbackup] '
-             'objects_in_flight).')
+             'sha_block_size, at most 1 GiB. Memory use grows with it '
+             '(see [chunkbackup] objects_in_flight).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class DriverOptions:
                 values[field.name] = conf_group[field.name]
             except (cfg.ConfigFileValueError, ValueError) as e:
                 raise exception.InvalidConfiguration(
-                    reason='[%s] %s: %s' % (cls.GROUP, field.name, e))
+                    reason=opts.value_error(cls.GROUP, field.name, e))
         options = cls(**values)
         options.validate()
         return options

@@ -38,13 +38,7 @@ class EngineOptions:
                        '[chunkbackup] sha_block_size = %d' % (
                            self.object_size_option, self.object_size,
                            self.sha_block_size))
-        if self.object_size > opts.MAX_OBJECT_SIZE:
-            raise exception.InvalidConfiguration(
-                reason='%s = %d is larger than %d (1 GiB), the largest '
-                       'object chunkbackup writes; memory is about '
-                       'objects_in_flight x 2 x the object size' % (
-                           self.object_size_option, self.object_size,
-                           opts.MAX_OBJECT_SIZE))
+        opts.check_object_size(self.object_size_option, self.object_size)
         compression.check_level(self.compression_algorithm,
                                 self.compression_level)
 
