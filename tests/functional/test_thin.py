@@ -129,8 +129,10 @@ def _restore_and_compare(cli, backup_id, expected_path, out, verify=False):
 
 
 def _assert_read(stats, exact):
-    """bytes_read is ``exact`` plus the sampled blocks (a block each; the
-    volume's short last block may be counted whole)."""
+    """bytes_read is ``exact`` plus the sampled blocks.
+
+    A block each; the volume's short last block may be counted whole.
+    """
     sampled = stats['blocks_sampled'] * BS
     assert exact + sampled - BS < stats['bytes_read'] <= exact + sampled, (
         stats, exact)
@@ -324,8 +326,10 @@ def test_map_missing_a_write_is_rejected(tmp_path):
 
 
 def test_map_missing_a_discard_is_rejected(tmp_path):
-    """Data punched out that the map calls unchanged: found without
-    reading (the parent's digests there are not zeros)."""
+    """Data punched out that the map calls unchanged is found unread.
+
+    The parent's digests there are not zeros: nothing needs reading.
+    """
     cli = Cli(tmp_path)
     vol = str(tmp_path / 'thin.img')
     _full_backup(cli, vol)
