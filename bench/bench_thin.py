@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def run_op(args):
         with open(args.changed_extents) as f:
             changed = [tuple(extent) for extent in json.load(f)]
     stats = None
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     if args.op == 'backup':
         rec = BackupRecord('bench', parent=record(args.parent))
@@ -104,10 +106,22 @@ def run_op(args):
     elif args.op == 'verify':
         driver.verify(record(args.name))
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
     with open(args.catalog, 'w') as f:
         json.dump(catalog, f)
-    print(json.dumps({'seconds': seconds, 'rss_mib': peak_rss_mib(),
+    print(json.dumps({'seconds': seconds, 'cpu_seconds': cpu,
+                      'rss_mib': peak_rss_mib(),
                       'stats': stats.to_dict() if stats else None}))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads.
+
+    The machine is shared: wall time stretches with other people's load,
+    CPU time much less, so both are reported.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -140,7 +154,8 @@ def child(work, op, name, volume, parent=None, target=None,
     if result.returncode:
         raise SystemExit('%s %s failed' % (op, name))
     out = json.loads(result.stdout.decode().strip().splitlines()[-1])
-    print(' %.2f s, %.0f MiB' % (out['seconds'], out['rss_mib']), flush=True)
+    print(' %.2f s (CPU %.2f s), %.0f MiB' % (
+        out['seconds'], out['cpu_seconds'], out['rss_mib']), flush=True)
     return out
 
 
@@ -329,18 +344,23 @@ def main():
 
     def row(label, res, baseline=None, target=None, passed=None):
         entry = {'operation': label, 'seconds': res['seconds'],
+                 'cpu_seconds': res['cpu_seconds'],
                  'rss_mib': res['rss_mib'], 'stats': res.get('stats'),
                  'allocated_mib': res.get('allocated_mib')}
         if baseline is not None:
             entry['baseline_seconds'] = baseline['seconds']
+            entry['baseline_cpu_seconds'] = baseline['cpu_seconds']
             entry['baseline_rss_mib'] = baseline['rss_mib']
             entry['speedup'] = baseline['seconds'] / res['seconds']
+            entry['cpu_speedup'] = (baseline['cpu_seconds'] /
+                                    res['cpu_seconds'])
         entry['target'] = target
         entry['passed'] = passed if judged else None
         rows.append(entry)
         return entry
 
     try:
+        load_start = os.getloadavg()
         t_start = time.perf_counter()
         # ---------------- the 64 GiB thin volume, against reading all.
         size = sizes['thin_gib'] * GiB
@@ -425,20 +445,27 @@ def main():
             res = child(work, 'verify', 'big-inc', vol)
             row('%s: verify of full + incremental' % big, res)
         total = time.perf_counter() - t_start
+        load_end = os.getloadavg()
 
         print('\nchanged-block maps: %d extents, %.1f MiB on the %d GiB '
               'volume' % (len(extents), changed_mib, sizes['thin_gib']))
-        print('%d cores; total run %.0f s\n' % (cores, total))
-        print('%-70s %8s %7s %10s %8s %8s  %s' % (
-            'operation', 'seconds', 'RSS MiB', 'read-all s', 'RSS MiB',
-            'speedup', 'target'))
+        print('%d cores; total run %.0f s; load average %.1f at the start, '
+              '%.1f at the end (1 minute)\n' % (
+                  cores, total, load_start[0], load_end[0]))
+        print('%-70s %8s %6s %7s %10s %6s %7s %8s %7s  %s' % (
+            'operation', 'seconds', 'CPU s', 'RSS MiB', 'read-all s',
+            'CPU s', 'RSS MiB', 'speedup', 'by CPU', 'target'))
         for r in rows:
             verdict = {True: ' met', False: ' MISSED', None: ''}[r['passed']]
-            print('%-70s %8.2f %7.0f %10s %8s %8s  %s%s' % (
-                r['operation'], r['seconds'], r['rss_mib'],
-                '%.2f' % r['baseline_seconds'] if 'speedup' in r else '',
-                '%.0f' % r['baseline_rss_mib'] if 'speedup' in r else '',
-                '%.1fx' % r['speedup'] if 'speedup' in r else '',
+            base = 'speedup' in r
+            print('%-70s %8.2f %6.2f %7.0f %10s %6s %7s %8s %7s  %s%s' % (
+                r['operation'], r['seconds'], r['cpu_seconds'],
+                r['rss_mib'],
+                '%.2f' % r['baseline_seconds'] if base else '',
+                '%.1f' % r['baseline_cpu_seconds'] if base else '',
+                '%.0f' % r['baseline_rss_mib'] if base else '',
+                '%.1fx' % r['speedup'] if base else '',
+                '%.1fx' % r['cpu_speedup'] if base else '',
                 r['target'] or '', verdict))
         print()
         for r in rows:
@@ -455,6 +482,7 @@ def main():
             with open(args.json, 'w') as f:
                 json.dump({'cores': cores, 'sizes': sizes, 'rows': rows,
                            'total_seconds': total,
+                           'load_average': [load_start, load_end],
                            'baselines': {'full': full_all, 'inc': inc_all}},
                           f, indent=2)
     finally:
