@@ -71,9 +71,15 @@ class BackupRestoreCancel(BackupOperationCancelled):
                "was cancelled.")
 
 
+class NotAVolume(ChunkBackupError):
+    msg_fmt = ("%(name)s is %(kind)s, not a volume; give a regular file, a "
+               "block device or an NBD export (nbd://HOST:PORT/EXPORT, "
+               "nbd+unix:///EXPORT?socket=PATH)")
+
+
 class InvalidName(ChunkBackupError):
     msg_fmt = ("Refusing %(kind)s %(name)r: %(reason)s. Names may not be "
-               "absolute, contain '..' components, NUL or newlines.")
+               "absolute, contain '..' components or control characters.")
 
 
 class InvalidChangedExtents(ChunkBackupError):

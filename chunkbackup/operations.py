@@ -94,6 +94,12 @@ def volume_id_for(path: str) -> str:
 
 def _open_volume(path: str):
     try:
+        # Checked before opening: open() of a FIFO blocks until a writer
+        # comes.
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        sources.check_volume_mode(mode, 'volume %s' % path)
         return open(path, 'rb')
     except FileNotFoundError:
         raise OperationError(reason='volume %s does not exist' % path)
@@ -198,6 +204,9 @@ def _create_backup(session, path, source, incremental, name, description,
                        'parent of an incremental; make a full backup '
                        'first (leave out --incremental)' % (volume_id, path))
     changed = _changed_extents(source, changed_extents, dirty_bitmap)
+    if source.size == 0:
+        LOG.warning('Volume %s is 0 bytes long: the backup will hold no '
+                    'data.', path)
     record = states.begin_backup(
         session, volume_id=volume_id, driver=dname, volume_path=path,
         parent=parent, name=name, description=description,

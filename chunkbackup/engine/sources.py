@@ -53,6 +53,23 @@ def descriptor_of(volume_file, kinds=(stat.S_ISREG, stat.S_ISBLK)
     return fd if any(kind(mode) for kind in kinds) else None
 
 
+_NOT_VOLUMES = ((stat.S_ISCHR, 'a character device'),
+                (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'),
+                (stat.S_ISDIR, 'a directory'))
+
+
+def check_volume_mode(mode: int, name: str) -> None:
+    """Refuse what cannot be a volume, before it is opened for reading.
+
+    A FIFO without a writer blocks open() forever and one with a writer
+    cannot seek; /dev/zero never ends and /dev/null backs up as nothing.
+    Regular files and block devices are volumes (NBD exports are URLs).
+    """
+    for is_kind, kind in _NOT_VOLUMES:
+        if is_kind(mode):
+            raise exception.NotAVolume(name=name, kind=kind)
+
+
 class VolumeSource:
     """A volume to back up."""
 
@@ -173,6 +190,12 @@ def open_source(volume_file, skip_holes: bool,
     """
     if isinstance(volume_file, VolumeSource):
         return volume_file
+    try:
+        mode = os.fstat(volume_file.fileno()).st_mode
+    except (AttributeError, OSError, ValueError, TypeError):
+        pass  # no descriptor (os-brick's file-like devices)
+    else:
+        check_volume_mode(mode, getattr(volume_file, 'name', 'the volume'))
     size = volume_size_of(volume_file)
     fd = descriptor_of(volume_file)
     if fd is not None:

@@ -1,5 +1,7 @@
 """The chunkbackup command when things go wrong (issue 15): what it
 refuses, what it says in one line, and what it leaves behind."""
+import os
+
 import pytest
 
 from chunkbackup.testing import volumes
@@ -41,3 +43,21 @@ def test_option_values_checked_at_start(tmp_path, config, expected):
     # Nothing was started: no record, not even a failed one.
     cli.config.write_text(Cli(tmp_path).config.read_text())
     assert cli.json('backup-list') == []
+
+
+def test_only_volumes_are_backed_up(tmp_path):
+    cli = Cli(tmp_path)
+    fifo = str(tmp_path / 'fifo')
+    os.mkfifo(fifo)  # no writer: opening it would block for ever
+    for source, kind in (('/dev/null', 'a character device'),
+                         ('/dev/zero', 'a character device'),
+                         (fifo, 'a FIFO')):
+        line = cli.fails('backup-create', source)
+        assert '%s is %s, not a volume' % (source, kind) in line, line
+        assert 'regular file, a block device or an NBD export' in line
+    assert cli.json('backup-list') == []
+    # A 0-byte volume is backed up, with a warning.
+    empty = tmp_path / 'empty.img'
+    empty.write_bytes(b'')
+    result = cli.run('backup-create', str(empty))
+    assert '0 bytes' in result.stderr and 'WARNING' in result.stderr
