@@ -221,6 +221,11 @@ def parse_metadata(body, backup_id: Optional[str],
         if not isinstance(item, dict) or len(item) != 1:
             raise check.fail('an entry of "objects" is not a one-key object')
         name, info = next(iter(item.items()))
+        try:
+            names.check_relative('object name', name)
+        except exception.InvalidName as e:
+            raise check.fail('object name %r is invalid: %s'
+                             % (name[:64], e.kwargs['reason']))
         if name in seen:
             raise check.fail('object %s is listed twice' % name)
         seen.add(name)

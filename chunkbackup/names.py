@@ -9,12 +9,16 @@ import re
 from chunkbackup import exception
 
 MAX_NAME_LENGTH = 1024
-_SAFE_ID_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$')
+# fullmatch: '$' alone would let a trailing newline through.
+_SAFE_ID_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}')
+# C0 and C1 control characters and DEL: they end lines, move terminals'
+# cursors and mean nothing in a name.
+_CONTROL_RE = re.compile('[\x00-\x1f\x7f-\x9f]')
 
 
 def check_safe_id(kind: str, value) -> str:
     """Refuse ids (backup, volume) that could escape a prefix or a path."""
-    if not isinstance(value, str) or not _SAFE_ID_RE.match(value) or (
+    if not isinstance(value, str) or not _SAFE_ID_RE.fullmatch(value) or (
             '..' in value):
         raise exception.InvalidName(
             kind=kind, name=value,
@@ -23,13 +27,16 @@ def check_safe_id(kind: str, value) -> str:
 
 
 def check_relative(kind: str, name) -> str:
-    """Refuse empty, absolute, '..'-bearing, NUL/newline or huge names."""
+    """Refuse empty, absolute, '..'-bearing, control-char or huge names."""
     if not isinstance(name, str) or not name:
         raise exception.InvalidName(kind=kind, name=name,
                                     reason='it is empty or not text')
-    if '\0' in name or '\n' in name or '\r' in name:
-        raise exception.InvalidName(kind=kind, name=name,
-                                    reason='it contains NUL or a newline')
+    control = _CONTROL_RE.search(name)
+    if control:
+        raise exception.InvalidName(
+            kind=kind, name=name,
+            reason='it contains the control character %r'
+                   % control.group())
     if name.startswith(('/', '\\')):
         raise exception.InvalidName(kind=kind, name=name,
                                     reason='it is an absolute path')

@@ -8,6 +8,7 @@ never shows a partial object. Modes follow Cinder's: 0770 directories,
 0660 files. No path resolves outside the backup root.
 """
 import dataclasses
+import errno
 import os
 import tempfile
 from typing import List, Optional
@@ -92,7 +93,19 @@ class _ObjectReader:
         self._file = None
 
     def __enter__(self):
-        self._file = open(self.path, 'rb')
+        # An object replaced by a symbolic link could point anywhere:
+        # never follow one (the container was resolved below the root).
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise exception.StorageError(
+                    operation='get', target=self.path,
+                    reason='it is a symbolic link; objects are read only '
+                           'from files below the backup root (remove the '
+                           'link and restore the object)')
+            raise
+        self._file = os.fdopen(fd, 'rb')
         return self
 
     def read(self, size: int = -1) -> bytes:

@@ -141,6 +141,14 @@ def _check_listing(store, record, location, metadata):
     names = set(store.list(location.container, location.prefix))
     names -= {location.metadata, location.sha256file}
     expected = {entry.name for entry in metadata.objects}
+    foreign = sorted(n for n in expected
+                     if not n.startswith(location.prefix))
+    if foreign:
+        # Not listed by prefix, so never found; but not missing: invalid.
+        raise exception.InvalidBackupMetadata(
+            backup_id=record.id, object=location.metadata,
+            reason='object name %r is invalid: it does not start with the '
+                   "backup's prefix %s" % (foreign[0][:64], location.prefix))
     missing = sorted(expected - names)
     if missing:
         raise exception.BackupIncomplete(
