@@ -225,6 +225,8 @@ def to_blocks(ranges: Iterable[Range], block_size: int,
     """Byte ranges widened to whole blocks, merged, clipped to ``limit``."""
     out: List[List[int]] = []
     for start, end in ranges:
+        if end <= start:
+            continue  # an empty range changes nothing
         first = start // block_size
         last = min(-(-end // block_size), limit)
         if first >= last:
