@@ -105,13 +105,13 @@ def plan_reads(source: sources.VolumeSource,
 def _check_map(source, parent, segments, data, changed, known_limit,
                options, stats):
     block_count = -(-source.size // options.sha_block_size)
-    unchanged_holes = [
-        (s.first, s.end) for s in sources.classify(
-            block_count, None, changed, known_limit)
-        if s.kind == sources.KNOWN]
+    unchanged_holes: List[Range] = []
     if data is not None:
-        unchanged_holes = intersect(unchanged_holes,
-                                    complement(data, block_count))
+        # Holes the map vouches for must have been zeros in the parent.
+        unchanged = [(s.first, s.end) for s in sources.classify(
+            block_count, None, changed, known_limit)
+            if s.kind == sources.KNOWN]
+        unchanged_holes = intersect(unchanged, complement(data, block_count))
     with concurrency.Executors(options.cpu_threads,
                                options.io_threads) as pools:
         verdict = mapcheck.check(

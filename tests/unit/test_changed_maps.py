@@ -282,3 +282,19 @@ def test_a_map_of_holes_the_parent_had_data_in_is_rejected_unsampled(
     assert stats.changed_map == 'rejected'
     assert 'unallocated blocks' in stats.map_mismatch
     assert _restored(driver, ops, inc) == _read(volume)
+
+
+def test_a_right_map_is_used_when_the_source_says_nothing_of_holes(
+        driver, ops, tmp_path):
+    # Block devices, file objects and skip_holes = false give no allocation:
+    # then no block is known to be a hole, and a right map must still pass.
+    _set(driver, skip_holes=False)
+    volume = _volume(tmp_path, SIZE)
+    full, _ = _backup(driver, volume)
+    _change(volume, CHANGES)
+    inc, stats = _backup(driver, volume, parent=full,
+                         changed_extents=CHANGES)
+    assert stats.changed_map == 'used', stats.map_mismatch
+    assert stats.hole_bytes == 0
+    assert _stored_blocks(driver, inc) == _blocks(CHANGES)
+    assert _restored(driver, ops, inc) == _read(volume)
