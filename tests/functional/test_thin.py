@@ -398,3 +398,83 @@ def test_map_errors_are_one_line(tmp_path):
 
     # None of them left a record behind.
     assert [b['id'] for b in cli.json('backup-list')] == [full['id']]
+
+
+def test_grown_volume_with_a_map(tmp_path):
+    """Blocks past the parent's end are read whatever the map says.
+
+    The parent's short last block among them.
+    """
+    cli = Cli(tmp_path)
+    vol = str(tmp_path / 'thin.img')
+    _full_backup(cli, vol)
+    grown = SIZE + MiB + 7
+    with open(vol, 'r+b') as f:
+        f.truncate(grown)
+        f.seek(SIZE + 4096)
+        f.write(b'new tail' * 1000)
+    map_path = tmp_path / 'changes.json'
+    map_path.write_text(json.dumps([[SIZE + 4096, 8000]]))
+    inc = cli.json('backup-create', vol, '--incremental',
+                   '--changed-extents', str(map_path))
+    assert inc['size_bytes'] == grown
+    assert inc['stats']['changed_map'] == 'used', inc['stats']
+    _restore_and_compare(cli, inc['id'], vol, tmp_path / 'restored')
+
+
+@pytest.mark.xfail(strict=True, reason='engine bug: a sampled short last '
+                   'block counts as a whole sha_block_size in bytes_read '
+                   '(readplan._check_map adds blocks_sampled * block size)')
+def test_sampled_bytes_are_counted_as_read_exactly(tmp_path):
+    cli = Cli(tmp_path)
+    with open(cli.config, 'a') as f:
+        f.write('changed_extents_sample = 1.0\n')
+    vol = str(tmp_path / 'thin.img')
+    _full_backup(cli, vol)
+    map_path = tmp_path / 'changes.json'
+    map_path.write_text('[]')   # true: nothing changed
+    inc = cli.json('backup-create', vol, '--incremental',
+                   '--changed-extents', str(map_path))
+    stats = inc['stats']
+    assert stats['changed_map'] == 'used', stats
+    # Every allocated block was sampled, the volume's 12345-byte last
+    # block among them: exactly the known bytes were read.
+    assert stats['blocks_sampled'] == len(_blocks(_data_ranges(vol)))
+    assert stats['bytes_read'] == stats['known_bytes'], stats
+
+
+def test_allocation_maps_and_cut_maps_are_refused(tmp_path):
+    """Allocation maps (from the real tools) and cut maps are refused.
+
+    They say what is allocated, not what changed, or cover a smaller
+    volume.
+    """
+    cli = Cli(tmp_path)
+    vol = str(tmp_path / 'thin.img')
+    _make_thin(vol)
+    cli.json('backup-create', vol)
+    maps = {}
+    maps['qemu-img-allocation'] = qemu_nbd.run(
+        'qemu-img', 'map', '--output=json', '-f', 'raw', vol)
+    with qemu_nbd.serving(vol, 'raw') as server:
+        maps['nbdinfo-allocation'] = qemu_nbd.run(
+            'nbdinfo', '--json', '--map', server.url)
+    maps['qemu-img-cut'] = json.dumps([
+        {'start': 0, 'length': MiB, 'depth': 0, 'present': True,
+         'zero': False, 'data': True},
+        {'start': MiB, 'length': MiB, 'depth': 0, 'present': False,
+         'zero': False, 'data': False}])
+    hints = {'qemu-img-allocation': 'x-dirty-bitmap',
+             'nbdinfo-allocation': 'base:allocation',
+             'qemu-img-cut': 'map the whole volume'}
+    for name, text in sorted(maps.items()):
+        map_path = tmp_path / (name + '.json')
+        map_path.write_text(text)
+        line = cli.fails('backup-create', vol, '--incremental',
+                         '--changed-extents', str(map_path))
+        assert str(map_path) in line and hints[name] in line, line
+    assert len(cli.json('backup-list')) == 1
+
+    line = cli.fails('backup-create', vol, '--incremental', '--async',
+                     '--changed-extents', '-')
+    assert 'standard input' in line, line
