@@ -343,20 +343,42 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """Check a backup as a restore would, writing nothing.
 
         Every object that holds a block of the image is fetched, its MD5
-        and the SHA-256 of every block checked; raises on the first error.
+        and the SHA-256 of every block checked. Bad objects do not stop
+        it: BackupVerifyFailed at the end lists every one.
         """
-        plan = self.plan_restore(backup)
+        # Missing objects are found by listing, after the others are
+        # checked, so that every bad object is reported.
+        plan = self.plan_restore(backup, check_listing=False)
+        problems: List[restore_executor.Problem] = []  # every bad object
         self._execute(backup, plan, restore_executor.NullSink(), 'verify',
-                      check_md5=True)
+                      check_md5=True, problems=problems)
+        reported = {problem[1] for problem in problems}
+        for layer in plan.chain:
+            for entry in documents.missing_objects(self.store, layer):
+                if entry.name not in reported:
+                    problems.append((entry.offset, entry.name,
+                                     'object %s of backup %s does not exist'
+                                     % (entry.name, layer.backup.id), True))
+        problems.sort()
+        if problems and all(missing for *_, missing in problems):
+            raise exception.BackupIncomplete(
+                backup_id=backup.id, container=plan.chain[-1].container,
+                reason='%d object(s) named in _metadata are missing: %s'
+                       % (len(problems), ', '.join(p[1] for p in problems)))
+        if problems:
+            raise exception.BackupVerifyFailed(
+                backup_id=backup.id, count=len(problems),
+                problems='; '.join(p[2] for p in problems))
         return plan
 
-    def _execute(self, backup, plan, sink, operation, check_md5):
+    def _execute(self, backup, plan, sink, operation, check_md5,
+                 problems=None):
         executor = restore_executor.RestoreExecutor(self.store,
                                                     self.engine_options)
         run = self._run(backup, operation, plan.size)
         try:
             with run.progress:
-                executor.execute(plan, sink, check_md5, run)
+                executor.execute(plan, sink, check_md5, run, problems)
         finally:
             plan.block_map.close()
 
@@ -397,9 +419,21 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         self.delete_objects(container, prefix)
 
     def delete_objects(self, container: str, prefix: str) -> int:
-        """Delete every object with the prefix, ``_metadata`` first."""
-        return documents.delete_objects(self.store, container, prefix,
-                                        self.engine_options)
+        """Delete every object with the prefix, ``_metadata`` first.
+
+        Then the driver may remove the container if nothing is left in it
+        (``remove_empty_container``).
+        """
+        count = documents.delete_objects(self.store, container, prefix,
+                                         self.engine_options)
+        self.remove_empty_container(container)
+        return count
+
+    def remove_empty_container(self, container: str) -> None:
+        """Remove a container that holds nothing any more (optional hook).
+
+        Called after a delete and after a failed backup's clean-up.
+        """
 
     def _delete_objects_quietly(self, container, prefix):
         try:

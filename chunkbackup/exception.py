@@ -48,6 +48,13 @@ class BackupCorrupted(InvalidBackup):
                "(volume offset %(offset)d): %(reason)s")
 
 
+class BackupVerifyFailed(BackupCorrupted):
+    """Verify found bad objects: every one of them, not only the first."""
+
+    msg_fmt = ("Backup %(backup_id)s failed verification: %(count)d bad "
+               "object(s): %(problems)s")
+
+
 class BackupIncomplete(InvalidBackup):
     msg_fmt = ("Backup %(backup_id)s is incomplete in container "
                "%(container)s: %(reason)s")

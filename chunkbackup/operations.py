@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Tuple, TYPE_CHECKING
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import importutils
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
 from stevedore import driver as stevedore_driver
 from stevedore import exception as stevedore_exception
@@ -221,9 +222,40 @@ def _create_backup(session, path, source, incremental, name, description,
         # look: the backup then fails, its objects go with the next cleanup.
         states.finish_backup(session, record, source.size, stats.to_dict())
     except BaseException as e:
-        states.fail_backup(session, record, e)
+        if isinstance(e, sa_exc.SQLAlchemyError):
+            # The store may hold a complete backup that the catalog cannot
+            # record: remove it, so both agree it never finished.
+            _remove_unrecorded(session, driver, record)
+        _record_failure(session, record, e)
         raise
     return record
+
+
+def _record_failure(session, record, error) -> None:
+    """``error`` in the catalog, if the catalog can still be written.
+
+    When it cannot (it is the failure), the record keeps its owner and
+    ``chunkbackup cleanup`` ends it once the catalog works again.
+    """
+    try:
+        states.fail_backup(session, record, error)
+    except sa_exc.SQLAlchemyError as e:
+        LOG.info('Could not record the failure of backup %(id)s (%(err)s); '
+                 'chunkbackup cleanup will.', {'id': record.id, 'err': e})
+
+
+def _remove_unrecorded(session, driver, record) -> None:
+    try:
+        # The failed flush left the session needing a rollback before
+        # the record's columns can be read again.
+        session.rollback()
+        if record.container and record.service_metadata:
+            driver.delete_objects(record.container, record.service_metadata)
+    except Exception as e:
+        LOG.error('Could not remove the objects of backup %(id)s, which the '
+                  'catalog could not record (%(err)s); run chunkbackup '
+                  'cleanup once the catalog works.',
+                  {'id': record.id, 'err': getattr(e, 'msg', e)})
 
 
 def _is_empty_target(path: str) -> Optional[bool]:
@@ -273,9 +305,24 @@ def restore_backup(session: orm.Session, backup_id: str, target: str, *,
         with open(target, mode) as volume_file:
             driver.restore(record, record.volume_id, volume_file,
                            volume_is_new=volume_is_new)
+    except (exception.ChunkBackupError, OSError) as e:
+        raise _incomplete(record, target, e) from e
     finally:
         states.end_restore(session, record)
     return record
+
+
+def _incomplete(record, target: str, error: BaseException) -> OperationError:
+    """The restore stopped: say so, with the target and what to do."""
+    if isinstance(error, OSError) and not isinstance(
+            error, exception.ChunkBackupError):
+        what = error.strerror or str(error)
+    else:
+        what = getattr(error, 'msg', None) or str(error)
+    return OperationError(
+        reason='restore of backup %s to %s stopped: %s; the target is '
+               'incomplete: rerun with --force after fixing the cause'
+               % (record.id, target, what))
 
 
 def _restore_to_nbd(session, record, url, force, listeners):
@@ -289,6 +336,8 @@ def _restore_to_nbd(session, record, url, force, listeners):
     states.begin_restore(session, record)
     try:
         driver.restore(record, record.volume_id, sink)
+    except (exception.ChunkBackupError, OSError) as e:
+        raise _incomplete(record, url, e) from e
     finally:
         sink.close()
         states.end_restore(session, record)
@@ -308,7 +357,14 @@ def verify_backup(session: orm.Session, backup_id: str,
                                     % (record.id, record.status))
     driver = load_driver(record.driver)
     driver.progress_listeners.extend(listeners)
-    plan = driver.verify(record)
+    try:
+        plan = driver.verify(record)
+    except (exception.InvalidBackup, exception.StorageObjectNotFound) as e:
+        # The backup is bad (not the store unreachable): list and show
+        # say so until a verify passes.
+        states.record_verify(session, record, e)
+        raise
+    states.record_verify(session, record)
     return record, plan
 
 

@@ -54,6 +54,11 @@ class Backup(Base):
     updated_at = sa.Column(PreciseDateTime, default=utcnow, onupdate=utcnow)
     data_timestamp = sa.Column(sa.DateTime)
     driver = sa.Column(sa.String(255), nullable=False)
+    # The last verify: 'passed' or 'failed' (None: never verified), when,
+    # and every bad object it found.
+    verify_status = sa.Column(sa.String(32))
+    verify_reason = sa.Column(sa.Text)
+    verified_at = sa.Column(PreciseDateTime)
     # The process that runs the operation now, so a crashed one is found.
     owner = sa.Column(sa.String(255))
 

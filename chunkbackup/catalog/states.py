@@ -42,6 +42,9 @@ RESTORING = 'restoring'
 ERROR = 'error'
 ERROR_DELETING = 'error_deleting'
 BUSY_STATUSES = (CREATING, DELETING, RESTORING)
+# What the last verify of a backup found (Backup.verify_status).
+VERIFY_PASSED = 'passed'
+VERIFY_FAILED = 'failed'
 
 # Job statuses.
 QUEUED = 'queued'
@@ -262,6 +265,23 @@ def end_restore(session: orm.Session, record: models.Backup) -> None:
                 sa.and_(_status_in(RESTORING),
                         models.Backup.owner == owner_id()),
                 status=AVAILABLE, owner=None)
+
+
+def record_verify(session: orm.Session, record: models.Backup,
+                  error: Optional[BaseException] = None) -> None:
+    """A verify ended: ``passed``, or ``failed`` with every bad object.
+
+    Only the verify columns change, so a status set meanwhile (a delete,
+    a restore) is kept; a later passing verify clears a failure.
+    """
+    session.rollback()
+    values = {'verify_status': VERIFY_FAILED if error else VERIFY_PASSED,
+              'verify_reason': _reason(error) if error else None,
+              'verified_at': models.utcnow()}
+    session.execute(sa.update(models.Backup)
+                    .where(models.Backup.id == record.id).values(**values))
+    session.commit()
+    session.refresh(record)
 
 
 def begin_delete(session: orm.Session, record: models.Backup) -> None:

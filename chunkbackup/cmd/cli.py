@@ -12,10 +12,12 @@ traceback only with ``--debug``).
 import argparse
 import json
 import os
+import signal
 import sys
 
 from oslo_config import cfg
 from oslo_log import log as logging
+import sqlalchemy as sa
 
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
@@ -32,6 +34,14 @@ USER_CONFIG = os.path.join(os.path.expanduser('~'), '.config', 'chunkbackup',
                            'chunkbackup.conf')
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop and clean up exactly as on Ctrl-C (SIGINT)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 # Output ------------------------------------------------------------------
@@ -90,13 +100,17 @@ def backup_view(record: models.Backup) -> dict:
                            if record.data_timestamp else None),
         'fail_reason': record.fail_reason,
         'stats': record.stats,
+        'verify_status': record.verify_status,
+        'verify_reason': record.verify_reason,
+        'verified_at': (str(record.verified_at) if record.verified_at
+                        else None),
     }
 
 
 LIST_COLUMNS = [('id', 'ID'), ('volume_id', 'Volume ID'),
                 ('status', 'Status'), ('name', 'Name'),
                 ('size_bytes', 'Size (bytes)'), ('incremental', 'Incremental'),
-                ('created_at', 'Created At')]
+                ('created_at', 'Created At'), ('verify_status', 'Verify')]
 
 
 class TerminalProgress(progress.ProgressListener):
@@ -339,6 +353,12 @@ def add_command_parsers(subparsers):
     p = command('catalog-rebuild', cmd_catalog_rebuild,
                 'Record the backups the store holds that the catalog lacks.')
     p.add_argument('--container', help='only this container')
+    p.add_argument('--replace', action='store_true',
+                   help='first move the SQLite catalog file aside (kept as '
+                        'FILE.damaged-TIME) and start a new one: for a '
+                        'damaged catalog. Failed backups, jobs and '
+                        'schedules are not in the store and are not '
+                        'rebuilt')
 
     p = command('schedule-set', cmd_schedule_set,
                 'Create or change a schedule that chunkbackup-backup runs.')
@@ -411,8 +431,13 @@ def main(argv=None) -> int:
         sys.stderr.write('%s: error: %s\n' % (PROG, e))
         return EXIT_USAGE
     args = CONF.command
+    # A SIGTERM'd command cleans up like an interrupted one: its backup
+    # ends error with its objects removed, not creating until cleanup.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         opts.validate(CONF)
+        if getattr(args, 'replace', False):
+            api.move_aside()
         catalog = api.Catalog()
         session = catalog.session()
         try:
@@ -420,16 +445,21 @@ def main(argv=None) -> int:
         finally:
             session.close()
             catalog.dispose()
-    except KeyboardInterrupt:
-        sys.stderr.write('%s: interrupted\n' % PROG)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        word = 'terminated' if terminated else 'interrupted'
+        sys.stderr.write('%s: %s\n' % (PROG, word))
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except BrokenPipeError:
         # The reader (head, less) went away: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (exception.ChunkBackupError, OSError) as e:
+    except (exception.ChunkBackupError, OSError,
+            sa.exc.SQLAlchemyError) as e:
         if CONF.debug:
             LOG.exception('%s failed', args.name)
+        if isinstance(e, sa.exc.SQLAlchemyError):
+            e = api.explain(e)
         message = getattr(e, 'msg', None) or str(e)
         sys.stderr.write('%s: error: %s\n' % (PROG, message))
         return EXIT_FAILURE

@@ -200,6 +200,23 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
     def delete_object(self, container: str, object_name: str) -> None:
         os.unlink(self._object_path(container, object_name))
 
+    def remove_empty_container(self, container: str) -> None:
+        # A deleted or failed backup leaves no empty directories behind:
+        # its own and the empty levels above it, up to the root. A tree
+        # an administrator made (create_container = false) stays.
+        if not getattr(self.options, 'create_container', True):
+            return
+        path = self._container_path(container)
+        while path != self.backup_root and \
+                path.startswith(self.backup_root + os.sep):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return  # not empty (or not ours to remove): stop here
+            path = os.path.dirname(path)
+
     def flush_container(self, container: str) -> None:
         # The renames of this backup's objects become durable here, once,
         # instead of once per object.

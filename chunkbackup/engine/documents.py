@@ -137,7 +137,8 @@ def load_chain(store, backup, check_listing: bool) -> List[Layer]:
     return layers
 
 
-def _check_listing(store, record, location, metadata):
+def _listing(store, record, location, metadata):
+    """(names listed, names expected) of one backup's data objects."""
     names = set(store.list(location.container, location.prefix))
     names -= {location.metadata, location.sha256file}
     expected = {entry.name for entry in metadata.objects}
@@ -149,6 +150,18 @@ def _check_listing(store, record, location, metadata):
             backup_id=record.id, object=location.metadata,
             reason='object name %r is invalid: it does not start with the '
                    "backup's prefix %s" % (foreign[0][:64], location.prefix))
+    return names, expected
+
+
+def missing_objects(store, layer: Layer) -> List[fmt.ObjectEntry]:
+    """The entries of a layer's ``_metadata`` that the store lacks."""
+    names, expected = _listing(store, layer.backup, layer.location,
+                               layer.metadata)
+    return [e for e in layer.metadata.objects if e.name not in names]
+
+
+def _check_listing(store, record, location, metadata):
+    names, expected = _listing(store, record, location, metadata)
     missing = sorted(expected - names)
     if missing:
         raise exception.BackupIncomplete(

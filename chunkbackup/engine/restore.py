@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import stat
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import checksums
@@ -21,6 +21,10 @@ from chunkbackup import concurrency
 from chunkbackup.engine import plan as restore_plan
 from chunkbackup import exception
 from chunkbackup import pipeline
+
+# A bad object that verify found: (volume offset, object name, what is
+# wrong, whether it is missing).
+Problem = Tuple[int, str, str, bool]
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -158,7 +162,13 @@ class RestoreExecutor:
         self.options = options
 
     def execute(self, plan: restore_plan.RestorePlan, sink: Sink,
-                check_md5: bool, run) -> None:
+                check_md5: bool, run,
+                problems: Optional[List[Problem]] = None) -> None:
+        """Fetch, check and write; a bad object stops it.
+
+        With a ``problems`` list (verify) a corrupt or missing object is
+        added to it (see Problem) and the rest are still checked.
+        """
         sink.prepare(plan.size)
         for start, end in plan.zero_runs:
             sink.zero(start, end - start)
@@ -167,11 +177,20 @@ class RestoreExecutor:
                                    self.options.io_threads) as pools:
 
             def fetch(item):
-                body = self.store.get(
-                    item.layer.container, item.entry.name,
-                    item.layer.metadata.extra_metadata)
-                return pools.submit_cpu(self._decode_and_check, plan, item,
-                                        body, check_md5).result()
+                try:
+                    body = self.store.get(
+                        item.layer.container, item.entry.name,
+                        item.layer.metadata.extra_metadata)
+                    return pools.submit_cpu(self._decode_and_check, plan,
+                                            item, body, check_md5).result()
+                except (exception.InvalidBackup,
+                        exception.StorageObjectNotFound) as e:
+                    if problems is None:
+                        raise
+                    problems.append((
+                        item.entry.offset, item.entry.name, _problem(e),
+                        isinstance(e, exception.StorageObjectNotFound)))
+                    return [], [], item.supplied
 
             results = pipeline.unordered(
                 pools.submit_io, fetch, ((f,) for f in plan.fetches),
@@ -207,6 +226,14 @@ class RestoreExecutor:
             split_runs(view, entry.offset, start, end, zero_blocks,
                        plan.block_size, data_runs, zero_runs)
         return data_runs, zero_runs, fetch.supplied
+
+
+def _problem(error: exception.ChunkBackupError) -> str:
+    """One bad object, briefly, for a list of them."""
+    if isinstance(error, exception.BackupCorrupted):
+        return 'object %(object)s (volume offset %(offset)d): %(reason)s' % (
+            error.kwargs)
+    return error.msg
 
 
 def _corrupt(fetch, offset, reason):
