@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
 from chunkbackup.engine import sources
+from chunkbackup import pipeline
 
 # Sampled blocks read by one task.
 _BATCH = 64
@@ -32,6 +33,7 @@ class Verdict:
     trusted: bool
     sampled: int = 0
     reason: Optional[str] = None
+    bytes_read: int = 0
 
 
 def sample_blocks(segments, fraction: float,
@@ -70,18 +72,21 @@ def check(source, segments: List[sources.Segment],
     if reason:
         return Verdict(False, 0, reason)
     rng = rng or random.Random()
-    batches = _batches(sample_blocks(segments, fraction, rng))
-    sampled = 0
-    for batch in batches:
-        futures = pools.submit_cpu(_compare, source, parent_map, batch, bs,
-                                   size)
-        mismatch = futures.result()
-        sampled += len(batch)
+    batches = ((source, parent_map, batch, bs, size)
+               for batch in _batches(sample_blocks(segments, fraction, rng)))
+    verdict = Verdict(True)
+    # Batches are read and compared on the CPU threads, a few at a time.
+    for mismatch, count, read in pipeline.ordered(
+            pools.submit_cpu, _compare, batches, pools.cpu_workers + 1):
+        verdict.sampled += count
+        verdict.bytes_read += read
         if mismatch is not None:
-            return Verdict(False, sampled,
-                           'block %d (offset %d) changed although the map '
-                           'says it did not' % (mismatch, mismatch * bs))
-    return Verdict(True, sampled)
+            verdict.trusted = False
+            verdict.reason = ('block %d (offset %d) changed although the '
+                              'map says it did not' % (mismatch,
+                                                       mismatch * bs))
+            break
+    return verdict
 
 
 def _batches(blocks: Iterator[int]) -> Iterator[List[int]]:
@@ -95,17 +100,24 @@ def _batches(blocks: Iterator[int]) -> Iterator[List[int]]:
         yield batch
 
 
-def _compare(source, parent_map, blocks, bs, size) -> Optional[int]:
-    """The first sampled block whose digest differs from the parent's."""
+def _compare(source, parent_map, blocks, bs, size
+             ) -> Tuple[Optional[int], int, int]:
+    """Compare one batch of sampled blocks with the parent.
+
+    Returns the first block that differs (or None), the blocks compared
+    and the bytes read.
+    """
     buffer = bytearray(bs)
-    for block in blocks:
+    read = 0
+    for count, block in enumerate(blocks, 1):
         length = min(bs, size - block * bs)
         view = memoryview(buffer)[:length]
         got = source.read_into(block * bs, view)
+        read += got
         digest = hashlib.sha256(view[:got]).digest()
         if got != length or digest != parent_map.digest(block):
-            return block
-    return None
+            return block, count, read
+    return None, len(blocks), read
 
 
 def _check_holes(holes, parent_map, parent_size) -> Optional[str]:

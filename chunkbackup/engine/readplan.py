@@ -118,7 +118,7 @@ def _check_map(source, parent, segments, data, changed, known_limit,
             source, segments, unchanged_holes, parent.block_map, source.size,
             parent.size, options.changed_extents_sample, pools)
     stats.blocks_sampled = verdict.sampled
-    stats.bytes_read += verdict.sampled * options.sha_block_size
+    stats.bytes_read += verdict.bytes_read
     if verdict.trusted:
         stats.changed_map = 'used'
         return segments

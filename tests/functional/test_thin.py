@@ -422,9 +422,6 @@ def test_grown_volume_with_a_map(tmp_path):
     _restore_and_compare(cli, inc['id'], vol, tmp_path / 'restored')
 
 
-@pytest.mark.xfail(strict=True, reason='engine bug: a sampled short last '
-                   'block counts as a whole sha_block_size in bytes_read '
-                   '(readplan._check_map adds blocks_sampled * block size)')
 def test_sampled_bytes_are_counted_as_read_exactly(tmp_path):
     cli = Cli(tmp_path)
     with open(cli.config, 'a') as f:
