@@ -276,8 +276,10 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             self._delete_objects_quietly(location.container, location.prefix)
             return self.backup_cancelled(backup, e)
         except BaseException as e:
-            LOG.error('Backup %(id)s failed (%(err)s); removing the objects '
-                      'it wrote.', {'id': backup.id, 'err': e})
+            # The caller reports the failure (the CLI in one line, the
+            # service in its log): here only what is done about it.
+            LOG.info('Backup %(id)s failed (%(err)s); removing the objects '
+                     'it wrote.', {'id': backup.id, 'err': e})
             self._delete_objects_quietly(location.container, location.prefix)
             raise
         backup.object_count = len(entries) + 2

@@ -106,6 +106,42 @@ engine_opts = [
                     'bodies this process sends to and reads from storage, '
                     'all operations together (bursts of up to one second\'s '
                     'worth). 0 means unlimited.'),
+    cfg.FloatOpt('storage_request_timeout',
+                 default=900.0,
+                 min=0.0,
+                 help='Longest time, in seconds, one storage request (one '
+                      'object\'s put or get, one listing) may take, from '
+                      'its first byte on the network to the last byte of '
+                      'the answer, whatever the client library\'s per-read '
+                      'timeouts. A request that runs out of it fails, is '
+                      'not retried, and names this option. Raise it for '
+                      'large objects on slow links. 0 means no limit.'),
+    cfg.IntOpt('storage_min_rate',
+               default=1024,
+               min=0,
+               help='Bytes per second below which a storage transfer counts '
+                    'as stalled, when it stays below for '
+                    'storage_min_rate_time seconds (as curl\'s '
+                    '--speed-limit): a server that stops answering or '
+                    'trickles fails the request at once, a slow but steady '
+                    'link does not. 0 turns the check off.'),
+    cfg.FloatOpt('storage_min_rate_time',
+                 default=30.0,
+                 min=0.0,
+                 help='Seconds over which storage_min_rate is measured (as '
+                      'curl\'s --speed-time). Keep it longer than the store '
+                      'may think before answering. 0 turns the check off.'),
+    cfg.FloatOpt('operation_timeout',
+                 default=0.0,
+                 min=0.0,
+                 help='Longest time, in seconds, from the first storage '
+                      'request of one operation (a backup, restore, '
+                      'delete or verify) to its last: once it is spent the '
+                      'requests in progress fail, naming this option, no '
+                      'put or get starts, and removing what the failed '
+                      'operation wrote gets as long again. Stores without '
+                      'network sockets (posix) are checked between '
+                      'requests. 0 means no limit.'),
     cfg.BoolOpt('skip_holes',
                 default=True,
                 help='Ask the file system for the allocated ranges of a '

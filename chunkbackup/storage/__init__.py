@@ -10,8 +10,10 @@ is put together::
       extra wrappers                   add_wrapper(): tests' fault injection
         RateLimitedStore               [chunkbackup] storage_rate_limit
           MeteredStore                 metrics_of(driver.store)
-            driver.wrap_store(...)     the driver's own hook
-              DriverStore              hooks + names + classify_error
+            DeadlineStore              [chunkbackup] storage_request_timeout,
+                                       storage_min_rate, operation_timeout
+              driver.wrap_store(...)   the driver's own hook
+                DriverStore            hooks + names + classify_error
 
 Every wrapper is a ``ForwardingStore`` overriding only what it needs. A
 driver never knows it is being retried, metered or limited.
@@ -23,6 +25,7 @@ from oslo_config import cfg
 
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
 from chunkbackup.storage import base
+from chunkbackup.storage import deadline
 from chunkbackup.storage import driverstore
 from chunkbackup.storage import errors
 from chunkbackup.storage import metrics
@@ -40,6 +43,8 @@ RetryingStore = retry.RetryingStore
 RateLimitedStore = ratelimit.RateLimitedStore
 TokenBucket = ratelimit.TokenBucket
 MeteredStore = metrics.MeteredStore
+DeadlineStore = deadline.DeadlineStore
+StorageTimedOut = deadline.StorageTimedOut
 StoreMetrics = metrics.StoreMetrics
 classify_default = errors.classify_default
 translated = errors.translated
@@ -64,6 +69,9 @@ def build_store(driver) -> ObjectStore:
     """The driver's ObjectStore with every cross-cutting wrapper."""
     conf = CONF.chunkbackup
     store = driver.wrap_store(DriverStore(driver))
+    limits = deadline.Limits.from_conf(conf)
+    if limits.active:
+        store = DeadlineStore(store, store_name(driver), limits)
     store = MeteredStore(store, StoreMetrics())
     if conf.storage_rate_limit:
         store = RateLimitedStore(store,
@@ -73,6 +81,12 @@ def build_store(driver) -> ObjectStore:
     return RetryingStore(store, retries=conf.storage_retries,
                          backoff=conf.storage_retry_backoff,
                          max_delay=conf.storage_retry_max_delay)
+
+
+def store_name(driver) -> str:
+    """How messages name a driver's store: posix, swift, google, s3 ..."""
+    return getattr(driver, 'store_name', None) or \
+        type(driver).__module__.rsplit('.', 1)[-1]
 
 
 def add_wrapper(driver, wrap: Wrapper) -> None:
