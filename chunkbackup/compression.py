@@ -8,7 +8,7 @@ object's worth of memory.
 """
 import bz2
 import zlib
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import zstandard
 
@@ -76,8 +76,9 @@ class Compressor:
         self.label = storage_label(algorithm)
         self.family = _FAMILIES.get(self.label)
         level = check_level(algorithm, level)
-        self.level = (level if level is not None
-                      else _DEFAULT_LEVELS.get(self.family))
+        if level is None and self.family is not None:
+            level = _DEFAULT_LEVELS.get(self.family)
+        self.level = level
         self._local = concurrency.native_thread_local()
         self._compress: Optional[Callable[[bytes], bytes]] = {
             'zlib': self._zlib, 'bz2': self._bz2, 'zstd': self._zstd,
@@ -118,7 +119,7 @@ class Compressor:
             packed += len(cctx.compress(sample))
         return packed > raw * _INCOMPRESSIBLE_RATIO
 
-    def compress(self, data) -> (str, bytes):
+    def compress(self, data) -> Tuple[str, bytes]:
         """Return (label, body): the raw data labelled none when smaller."""
         if self._compress is None:
             return 'none', data

@@ -16,7 +16,8 @@ import os
 import socket
 import struct
 import threading
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (Dict, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 import urllib.parse
 
 from chunkbackup import exception
@@ -115,7 +116,8 @@ class NbdAddress:
         export = urllib.parse.quote(self.export)
         if self.socket_path is not None:
             return 'nbd+unix:///%s?socket=%s' % (export, self.socket_path)
-        host = '[%s]' % self.host if ':' in self.host else self.host
+        host = self.host or ''
+        host = '[%s]' % host if ':' in host else host
         return 'nbd://%s:%d/%s' % (host, self.port, export)
 
 
@@ -158,7 +160,7 @@ class NbdClient:
         self._cookies = itertools.count(1)
         self._closed_because = None
         self._structured = False
-        self._context_ids = {}
+        self._context_ids: Dict[str, int] = {}
         self.min_block = 1
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self.size = 0
@@ -369,7 +371,8 @@ class NbdClient:
             raise exception.NbdError(url=self._url, reason='meta context %s '
                                      'was not negotiated; connect with '
                                      'meta_contexts=[%r]' % (context, context))
-        extents, pos, end = [], offset, offset + length
+        extents: List[Tuple[int, int, int]] = []
+        pos, end = offset, offset + length
         aligned_end = min(-(-end // self.min_block) * self.min_block,
                           self.size)
         while pos < end:

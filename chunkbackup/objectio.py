@@ -5,7 +5,7 @@ client splits it), so a writer collects what ``write`` receives and
 uploads it once the ``with`` block exits cleanly, and never otherwise:
 a failed write leaves no object behind.
 """
-from typing import Callable
+from typing import Callable, List, Optional
 
 
 class BufferedWriter:
@@ -13,7 +13,7 @@ class BufferedWriter:
 
     def __init__(self, upload: Callable[[bytes], None]):
         self._upload = upload
-        self._parts = []
+        self._parts: List[bytes] = []
 
     def __enter__(self):
         return self
@@ -39,7 +39,7 @@ class Reader:
 
     def __init__(self, download: Callable[[], bytes]):
         self._download = download
-        self._body = None
+        self._body: Optional[bytes] = None
         self._offset = 0
 
     def __enter__(self):
@@ -48,15 +48,15 @@ class Reader:
     def read(self, size: int = -1) -> bytes:
         if self._body is None:
             self._body = self._download()
+        body = self._body
         start = self._offset
-        if start == 0 and (size is None or size < 0 or
-                           size >= len(self._body)):
-            self._offset = len(self._body)
-            return self._body  # the common case: no copy
-        end = (len(self._body) if size is None or size < 0
-               else min(len(self._body), start + size))
+        if start == 0 and (size is None or size < 0 or size >= len(body)):
+            self._offset = len(body)
+            return body  # the common case: no copy
+        end = (len(body) if size is None or size < 0
+               else min(len(body), start + size))
         self._offset = end
-        return self._body[start:end]
+        return body[start:end]
 
     def __exit__(self, exc_type, exc, tb):
         self._body = None

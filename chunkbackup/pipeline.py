@@ -6,7 +6,8 @@ has left it.
 """
 import collections
 import concurrent.futures
-from typing import Callable, Iterable, Iterator, Optional, Tuple
+from typing import (Callable, Deque, Dict, Iterable, Iterator, Optional,
+                    Tuple)
 
 
 def ordered(submit: Callable, fn: Callable, items: Iterable[Tuple],
@@ -16,7 +17,7 @@ def ordered(submit: Callable, fn: Callable, items: Iterable[Tuple],
     The next item is drawn from ``items`` (a generator may read a volume)
     only when fewer than ``window`` results are pending.
     """
-    pending = collections.deque()
+    pending: Deque[concurrent.futures.Future] = collections.deque()
     try:
         for item in items:
             while len(pending) >= window:
@@ -64,7 +65,7 @@ class Window:
     def __init__(self, size: int, max_bytes: Optional[int] = None):
         self.size = size
         self.max_bytes = max_bytes
-        self.pending = {}
+        self.pending: Dict[concurrent.futures.Future, int] = {}
         self.pending_bytes = 0
 
     def _collect(self, return_when):
