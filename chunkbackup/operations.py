@@ -59,6 +59,10 @@ _SERVICE_ALIASES = {
 }
 
 
+# Called with every driver load_driver makes (the service's metrics).
+DRIVER_OBSERVERS: List[Callable] = []
+
+
 class OperationError(exception.ChunkBackupError):
     msg_fmt = "%(reason)s"
 
@@ -79,7 +83,10 @@ def load_driver(name: Optional[str] = None
             reason='[chunkbackup] driver = %s cannot be loaded (%s); use '
                    'posix, swift, google, s3 or a driver class path'
                    % (name, e))
-    return cls(None)
+    driver = cls(None)
+    for observe in DRIVER_OBSERVERS:
+        observe(driver)
+    return driver
 
 
 def driver_name(name: Optional[str] = None) -> str:
@@ -218,9 +225,14 @@ def _create_backup(session, path, source, incremental, name, description,
     stats = engine_backup.BackupStats()
     try:
         driver.backup(record, source, changed_extents=changed, stats=stats)
-        # Raises StatusConflict when a cancel came after the engine's last
-        # look: the backup then fails, its objects go with the next cleanup.
-        states.finish_backup(session, record, source.size, stats.to_dict())
+        try:
+            states.finish_backup(session, record, source.size,
+                                 stats.to_dict())
+        except states.StatusConflict:
+            # A cancel, or a worker's takeover, came after the engine's
+            # last look: the backup fails and what it wrote goes now.
+            _remove_objects_quietly(driver, record)
+            raise
     except BaseException as e:
         if isinstance(e, sa_exc.SQLAlchemyError):
             # The store may hold a complete backup that the catalog cannot
@@ -256,6 +268,15 @@ def _remove_unrecorded(session, driver, record) -> None:
                   'catalog could not record (%(err)s); run chunkbackup '
                   'cleanup once the catalog works.',
                   {'id': record.id, 'err': getattr(e, 'msg', e)})
+
+
+def _remove_objects_quietly(driver, record: models.Backup) -> None:
+    try:
+        driver.delete_objects(record.container, record.service_metadata)
+    except Exception as e:
+        LOG.error('Could not remove the objects of backup %(id)s (%(err)s); '
+                  'chunkbackup cleanup removes them.',
+                  {'id': record.id, 'err': getattr(e, 'msg', None) or e})
 
 
 def _is_empty_target(path: str) -> Optional[bool]:

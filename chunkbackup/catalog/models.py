@@ -61,6 +61,9 @@ class Backup(Base):
     verified_at = sa.Column(PreciseDateTime)
     # The process that runs the operation now, so a crashed one is found.
     owner = sa.Column(sa.String(255))
+    # A service worker's hold on the operation (chunkbackup.catalog.leases);
+    # NULL for the CLI's.
+    lease_expires_at = sa.Column(PreciseDateTime)
 
     parent = orm.relationship('Backup', remote_side=[id],
                               back_populates='children')
@@ -74,6 +77,10 @@ class Backup(Base):
     def refresh(self) -> None:
         session = orm.object_session(self)
         session.commit()  # end the transaction so we read what others wrote
+        if self.lease_expires_at is not None:
+            # A worker's operation: renew its lease, or raise LeaseLost.
+            from chunkbackup.catalog import workers
+            workers.renew_backup_lease(session, self)
         session.refresh(self)
 
     @property
@@ -112,7 +119,12 @@ class Job(Base):
     created_at = sa.Column(sa.DateTime, nullable=False, default=utcnow)
     started_at = sa.Column(sa.DateTime)
     finished_at = sa.Column(sa.DateTime)
+    # The worker that runs (or ran) it.
     owner = sa.Column(sa.String(255))
+    # Runs so far; a run whose worker's lease lapsed is re-queued up to
+    # [backup_service] job_attempts runs.
+    attempts = sa.Column(sa.Integer, nullable=False, default=0)
+    lease_expires_at = sa.Column(PreciseDateTime)
 
 
 class Schedule(Base):
@@ -130,3 +142,32 @@ class Schedule(Base):
     enabled = sa.Column(sa.Boolean, nullable=False, default=True)
     last_run_at = sa.Column(sa.DateTime)
     created_at = sa.Column(sa.DateTime, nullable=False, default=utcnow)
+
+
+class Worker(Base):
+    """A ``chunkbackup-backup`` process sharing the catalog, by heartbeat."""
+
+    __tablename__ = 'workers'
+
+    # host:pid, as in the owner columns of what it holds.
+    name = sa.Column(sa.String(255), primary_key=True)
+    host = sa.Column(sa.String(255), nullable=False)
+    pid = sa.Column(sa.Integer, nullable=False)
+    started_at = sa.Column(PreciseDateTime, nullable=False, default=utcnow)
+    heartbeat_at = sa.Column(PreciseDateTime, nullable=False, default=utcnow)
+    # Its lease length: it is down once heartbeat_at is older.
+    lease_seconds = sa.Column(sa.Float, nullable=False)
+    running_operations = sa.Column(sa.Integer, nullable=False, default=0)
+    stopped_at = sa.Column(PreciseDateTime)
+
+
+class VolumeLock(Base):
+    """A volume being backed up by one worker (never two at once)."""
+
+    __tablename__ = 'volume_locks'
+
+    volume_id = sa.Column(sa.String(128), primary_key=True)
+    owner = sa.Column(sa.String(255), nullable=False)
+    # NULL: held until released (a process that takes no leases).
+    lease_expires_at = sa.Column(PreciseDateTime)
+    acquired_at = sa.Column(PreciseDateTime, nullable=False, default=utcnow)

@@ -29,6 +29,7 @@ from oslo_log import log as logging
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from chunkbackup.catalog import leases
 from chunkbackup.catalog import models
 from chunkbackup import exception
 
@@ -154,6 +155,12 @@ def _status_in(*statuses: str):
     return models.Backup.status.in_(statuses)
 
 
+def _held_by_me():
+    """SQL: this process holds the record, its lease (if any) unexpired."""
+    return sa.and_(models.Backup.owner == owner_id(),
+                   leases.unexpired(models.Backup.lease_expires_at))
+
+
 # Backups. -------------------------------------------------------------------
 
 def begin_backup(session: orm.Session, *, volume_id: str, driver: str,
@@ -169,7 +176,8 @@ def begin_backup(session: orm.Session, *, volume_id: str, driver: str,
         driver=driver, parent=parent, display_name=name,
         display_description=description, container=container,
         status=CREATING, size=0, size_bytes=0, object_count=0,
-        created_at=models.utcnow(), owner=owner or owner_id())
+        created_at=models.utcnow(), owner=owner or owner_id(),
+        lease_expires_at=leases.expiry())
     session.add(record)
     session.commit()
     return record
@@ -182,9 +190,11 @@ def finish_backup(session: orm.Session, record: models.Backup,
     ``stats`` says what the backup did (bytes read and stored, holes
     skipped, whether a changed-block map was used).
     """
-    _transition(session, record, 'finish', _status_in(CREATING),
+    _transition(session, record, 'finish',
+                sa.and_(_status_in(CREATING), _held_by_me()),
                 size_bytes=size_bytes, stats=stats, status=AVAILABLE,
-                data_timestamp=record.created_at, owner=None)
+                data_timestamp=record.created_at, owner=None,
+                lease_expires_at=None)
 
 
 def fail_backup(session: orm.Session, record: models.Backup,
@@ -196,9 +206,20 @@ def fail_backup(session: orm.Session, record: models.Backup,
     failed (another operation took it).
     """
     session.rollback()
-    _transition(session, record, 'fail',
-                _status_in(CREATING, DELETING, ERROR),
-                status=ERROR, fail_reason=_reason(error), owner=None)
+    # A worker's record is failed only by its holder: one taken over is
+    # the taker's to end.
+    allowed = sa.and_(_status_in(CREATING, DELETING, ERROR),
+                      sa.or_(models.Backup.lease_expires_at.is_(None),
+                             models.Backup.owner == owner_id()))
+    try:
+        _transition(session, record, 'fail', allowed, status=ERROR,
+                    fail_reason=_reason(error), owner=None,
+                    lease_expires_at=None)
+    except StatusConflict:
+        if not isinstance(error, leases.LeaseLost):
+            raise
+        LOG.info('Backup %s was taken over by another worker; it ends '
+                 'the backup.', record.id)
 
 
 def request_cancel(session: orm.Session, backup_id: str) -> bool:
@@ -252,7 +273,8 @@ def begin_restore(session: orm.Session, record: models.Backup) -> None:
     Raises StatusConflict (BackupBusy) unless the backup is available.
     """
     _transition(session, record, 'restore', _status_in(AVAILABLE),
-                status=RESTORING, owner=owner_id())
+                status=RESTORING, owner=owner_id(),
+                lease_expires_at=leases.expiry())
 
 
 def end_restore(session: orm.Session, record: models.Backup) -> None:
@@ -264,7 +286,7 @@ def end_restore(session: orm.Session, record: models.Backup) -> None:
     _transition(session, record, 'end the restore of',
                 sa.and_(_status_in(RESTORING),
                         models.Backup.owner == owner_id()),
-                status=AVAILABLE, owner=None)
+                status=AVAILABLE, owner=None, lease_expires_at=None)
 
 
 def record_verify(session: orm.Session, record: models.Backup,
@@ -297,7 +319,7 @@ def begin_delete(session: orm.Session, record: models.Backup) -> None:
                 sa.or_(models.Backup.status.notin_(BUSY_STATUSES),
                        owner.is_(None),
                        sa.and_(_status_in(CREATING), owner == me)),
-                status=DELETING, owner=me)
+                status=DELETING, owner=me, lease_expires_at=leases.expiry())
 
 
 def fail_delete(session: orm.Session, record: models.Backup,
@@ -310,7 +332,8 @@ def fail_delete(session: orm.Session, record: models.Backup,
     _transition(session, record, 'fail the delete of',
                 sa.and_(_status_in(DELETING),
                         models.Backup.owner == owner_id()),
-                status=ERROR_DELETING, fail_reason=str(error), owner=None)
+                status=ERROR_DELETING, fail_reason=str(error), owner=None,
+                lease_expires_at=None)
 
 
 def finish_delete(session: orm.Session, record: models.Backup) -> None:
@@ -376,12 +399,18 @@ def finish_job(session: orm.Session, job: models.Job, status: str,
     clean-up ended it first).
     """
     values = {'status': status, 'error': error,
-              'finished_at': models.utcnow()}
+              'finished_at': models.utcnow(), 'lease_expires_at': None}
     if backup_id:
         values['backup_id'] = backup_id
     changed = session.execute(
         sa.update(models.Job)
-        .where(models.Job.id == job.id, models.Job.status == RUNNING)
+        .where(models.Job.id == job.id, models.Job.status == RUNNING,
+               # The run that claimed it: not a re-queued later one.
+               models.Job.attempts == (job.attempts or 0),
+               sa.or_(models.Job.owner.is_(None),
+                      models.Job.owner == job.owner),
+               # A worker whose lease lapsed leaves it to the takeover.
+               leases.unexpired(models.Job.lease_expires_at))
         .values(**values)
         .execution_options(synchronize_session=False)).rowcount
     session.commit()
@@ -423,61 +452,20 @@ def cleanup_interrupted(session: orm.Session,
     cleaned = []
     records = list(session.scalars(
         sa.select(models.Backup).where(models.Backup.owner.isnot(None))))
+    now = models.utcnow()
     for record in records:
-        if owner_alive(record.owner, current_pid):
-            continue
-        owner, status = record.owner, record.status
-        # Taken over only as it was read: a clean-up running elsewhere at
-        # the same time, or a new owner, wins and this one skips it.
-        still = sa.and_(models.Backup.status == status,
-                        models.Backup.owner == owner)
-        try:
-            if status == RESTORING:
-                _transition(session, record, 'clean up', still,
-                            status=AVAILABLE, owner=None)
-                LOG.warning('Backup %(id)s was being restored by %(o)s, '
-                            'which is gone; it is available again (check '
-                            'the restore target).',
-                            {'id': record.id, 'o': owner})
+        if record.lease_expires_at is not None:
+            # A worker's: gone only once its lease expired (it may run on
+            # another host).
+            if record.lease_expires_at > now:
                 continue
-            if status == AVAILABLE:
-                _transition(session, record, 'clean up', still, owner=None)
-                continue
-            reason = record.fail_reason
-            if status != ERROR or not reason:
-                reason = ('interrupted: %s stopped while the backup was %s'
-                          % (owner, status))
-            _transition(session, record, 'clean up', still, status=ERROR,
-                        fail_reason=reason)
-        except StatusConflict as e:
-            LOG.info('Left backup %(id)s alone: %(err)s',
-                     {'id': record.id, 'err': e})
+        elif owner_alive(record.owner, current_pid):
             continue
-        LOG.warning('Backup %(id)s was %(st)s by %(o)s, which is gone; '
-                    'removing its objects and setting it to error.',
-                    {'id': record.id, 'st': status, 'o': owner})
-        try:
-            if record.container and record.service_metadata:
-                remove_objects(record)
-        except Exception as e:
-            # The owner stays: the next start tries again.
-            LOG.error('Could not remove the objects of backup %(id)s '
-                      '(%(err)s); the next start tries again.',
-                      {'id': record.id, 'err': getattr(e, 'msg', None) or e})
-            session.rollback()
-        else:
-            session.execute(
-                sa.update(models.Backup)
-                .where(models.Backup.id == record.id,
-                       models.Backup.status == ERROR,
-                       models.Backup.owner == owner)
-                .values(owner=None)
-                .execution_options(synchronize_session=False))
-            session.commit()
-            orm.attributes.set_committed_value(record, 'owner', None)
-        cleaned.append(record.id)
+        if clean_up_backup(session, record, remove_objects) == ERROR:
+            cleaned.append(record.id)
     stale_jobs = list(session.scalars(
-        sa.select(models.Job).where(models.Job.status == RUNNING)))
+        sa.select(models.Job).where(models.Job.status == RUNNING,
+                                    models.Job.lease_expires_at.is_(None))))
     for job in stale_jobs:
         if job.owner and owner_alive(job.owner, current_pid):
             continue
@@ -492,6 +480,74 @@ def cleanup_interrupted(session: orm.Session,
     cleaned.extend(_remove_leftovers_of_failed(session, remove_objects,
                                                set(cleaned)))
     return cleaned
+
+
+def clean_up_backup(session: orm.Session, record: models.Backup,
+                    remove_objects: Callable[[models.Backup], int],
+                    gone: str = 'which is gone') -> Optional[str]:
+    """End a backup whose owner is gone (or whose lease expired).
+
+    Creating or deleting: ``error`` with its objects removed; restoring:
+    ``available`` again. Taken over only as it was read (a clean-up
+    running elsewhere at the same time wins, and this returns None).
+    Returns the status it was set to. ``gone`` says why the owner is
+    gone, in the logs and the reason.
+    """
+    owner, status = record.owner, record.status
+    # Taken over only as it was read: a clean-up running elsewhere at
+    # the same time, or a new owner, wins and this one skips it.
+    still = sa.and_(models.Backup.status == status,
+                    models.Backup.owner == owner)
+    try:
+        if status == RESTORING:
+            _transition(session, record, 'clean up', still,
+                        status=AVAILABLE, owner=None,
+                        lease_expires_at=None)
+            LOG.warning('Backup %(id)s was being restored by %(o)s, '
+                        '%(gone)s; it is available again (check the '
+                        'restore target).',
+                        {'id': record.id, 'o': owner, 'gone': gone})
+            return AVAILABLE
+        if status == AVAILABLE:
+            _transition(session, record, 'clean up', still, owner=None,
+                        lease_expires_at=None)
+            return None
+        reason = record.fail_reason
+        if status != ERROR or not reason:
+            reason = ('interrupted: %s stopped while the backup was %s'
+                      % (owner, status))
+            if gone != 'which is gone':
+                reason = 'interrupted: %s, %s, while the backup was %s' % (
+                    owner, gone, status)
+        _transition(session, record, 'clean up', still, status=ERROR,
+                    fail_reason=reason)
+    except StatusConflict as e:
+        LOG.info('Left backup %(id)s alone: %(err)s',
+                 {'id': record.id, 'err': e})
+        return None
+    LOG.warning('Backup %(id)s was %(st)s by %(o)s, %(gone)s; removing its '
+                'objects and setting it to error.',
+                {'id': record.id, 'st': status, 'o': owner, 'gone': gone})
+    try:
+        if record.container and record.service_metadata:
+            remove_objects(record)
+    except Exception as e:
+        # The owner stays: the next start tries again.
+        LOG.error('Could not remove the objects of backup %(id)s '
+                  '(%(err)s); the next start tries again.',
+                  {'id': record.id, 'err': getattr(e, 'msg', None) or e})
+        session.rollback()
+    else:
+        session.execute(
+            sa.update(models.Backup)
+            .where(models.Backup.id == record.id,
+                   models.Backup.status == ERROR,
+                   models.Backup.owner == owner)
+            .values(owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False))
+        session.commit()
+        orm.attributes.set_committed_value(record, 'owner', None)
+    return ERROR
 
 
 def _remove_leftovers_of_failed(session: orm.Session,

@@ -104,6 +104,8 @@ def backup_view(record: models.Backup) -> dict:
         'verify_reason': record.verify_reason,
         'verified_at': (str(record.verified_at) if record.verified_at
                         else None),
+        # The process (service worker: host:pid) working on it now.
+        'worker': record.owner,
     }
 
 
@@ -260,6 +262,32 @@ def cmd_schedule_list(args, session):
          SCHEDULE_COLUMNS)
 
 
+def cmd_service_list(args, session):
+    from chunkbackup.catalog import workers
+    emit(args, [{'name': w.name, 'host': w.host, 'started_at':
+                 str(w.started_at), 'heartbeat_at': str(w.heartbeat_at),
+                 'running': w.running_operations, 'state': w.state}
+                for w in workers.list_workers(session)],
+         [('name', 'Name'), ('host', 'Host'), ('started_at', 'Started'),
+          ('heartbeat_at', 'Last Heartbeat'), ('running', 'Running'),
+          ('state', 'State')])
+
+
+def cmd_job_list(args, session):
+    import sqlalchemy as sa
+    rows = session.scalars(sa.select(models.Job).order_by(models.Job.id))
+    emit(args, [{'id': j.id, 'kind': j.kind, 'status': j.status,
+                 'worker': j.owner, 'attempts': j.attempts,
+                 'backup_id': j.backup_id, 'error': j.error,
+                 'volume': (j.params or {}).get('volume'),
+                 'created_at': str(j.created_at),
+                 'finished_at': str(j.finished_at) if j.finished_at
+                 else None} for j in rows],
+         [('id', 'ID'), ('kind', 'Kind'), ('status', 'Status'),
+          ('worker', 'Worker'), ('attempts', 'Runs'),
+          ('backup_id', 'Backup ID'), ('error', 'Error')])
+
+
 def cmd_cleanup(args, session):
     cleaned = operations.cleanup_interrupted(session)
     emit(args, [{'id': i, 'status': 'error', 'objects': 'removed'}
@@ -379,6 +407,13 @@ def add_command_parsers(subparsers):
                    help='volume id (default: a stable id of the path)')
     p.add_argument('--disabled', action='store_true',
                    help='keep the schedule but do not run it')
+
+    command('service-list', cmd_service_list,
+            'List the chunkbackup-backup workers sharing the catalog: '
+            'last heartbeat, running operations, up or down.')
+    command('job-list', cmd_job_list,
+            'List the queued and finished jobs, with the worker that runs '
+            'or ran each.')
 
     command('schedule-list', cmd_schedule_list,
             'List the schedules kept in the catalog (the [schedule:NAME] '

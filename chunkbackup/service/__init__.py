@@ -7,6 +7,10 @@
   deleting whole expired chains.
 - :mod:`chunkbackup.service.runner`: ``BackupService``, the loop that
   claims due schedules and queued jobs and runs them, and the shutdown.
+- :mod:`chunkbackup.service.metrics`: the Prometheus metrics.
+
+Several services on several hosts can share one catalog: see
+:mod:`chunkbackup.catalog.workers` (heartbeats, leases, takeovers).
 
 This module holds the ``[backup_service]`` options and how long a shutdown
 may take. Record states change only through
@@ -69,6 +73,38 @@ OPTS = [
                     'objects it wrote, and its backup ends in error. '
                     '[DEFAULT] graceful_shutdown_timeout is raised to fit '
                     'if it is shorter.' % CANCEL_WAIT),
+    cfg.FloatOpt('lease_seconds',
+                 default=30.0,
+                 min=1.0,
+                 help='How long a worker\'s hold on its running jobs, '
+                      'backups, restores, deletes and volumes lasts '
+                      'without renewal. Its heartbeat renews them every '
+                      'third of this; when a worker (on any host sharing '
+                      'the catalog) misses its heartbeats for longer, '
+                      'another worker takes its work over: its backups end '
+                      'error with their objects removed, its restores '
+                      'release their backups, its jobs are re-queued. A '
+                      'worker that finds its own lease lapsed stops the '
+                      'operation. Keep it well above the catalog\'s '
+                      'failover time and the hosts\' clock difference. '
+                      'Read at start.'),
+    cfg.IntOpt('job_attempts',
+               default=3,
+               min=1,
+               mutable=True,
+               help='How many times a queued job is run when its worker '
+                    'stops (its lease expires) during the run; after the '
+                    'last one it ends failed with the reason.'),
+    cfg.PortOpt('metrics_port',
+                help='Serve Prometheus metrics (operations, bytes, '
+                     'durations, storage retries and errors, queue depth, '
+                     'leases taken over, last successful backup per '
+                     'schedule) at http://metrics_host:PORT/metrics. '
+                     'Unset: no metrics. Each worker needs a port of its '
+                     'own on a host. Read at start.'),
+    cfg.HostAddressOpt('metrics_host',
+                       default='0.0.0.0',
+                       help='Address the metrics server listens on.'),
 ]
 
 CONF.register_opts(OPTS, group=GROUP)

@@ -15,23 +15,34 @@ objects: it stops and removes what it wrote) and end ``error``, never
 ``available``. An interrupted backup is therefore never a parent. Records
 that a dead process left busy are found at the next start (their ``owner``
 column names ``host:pid``) and cleaned up the same way.
+
+Several workers (services, on one host or many) share a catalog: each
+holds what it runs under a lease that its heartbeat thread renews, and
+each pass of the loop takes over the work whose lease expired
+(:mod:`chunkbackup.catalog.workers`). A job is claimed with the lock of its
+volume; a due schedule takes the volume's lock before it runs.
 """
 import datetime
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from oslo_config import cfg
 from oslo_log import log as logging
 from sqlalchemy import orm
 
+import sqlalchemy as sa
+
 from chunkbackup.catalog import api
+from chunkbackup.catalog import leases
 from chunkbackup.catalog import models
 from chunkbackup.catalog import states
+from chunkbackup.catalog import workers
 from chunkbackup import exception
 from chunkbackup import operations
 from chunkbackup import service
+from chunkbackup.service import metrics as service_metrics
 from chunkbackup.service import retention
 from chunkbackup.service import schedules
 
@@ -58,6 +69,9 @@ class Operation:
         self.job_id = job_id
         self.schedule = schedule
         self.backup_id: Optional[str] = None
+        # The volume this operation holds (workers.lock_volume).
+        self.volume_lock: Optional[str] = None
+        self.kind = 'backup'
         self.cancel_requested = False
         # Set when the shutdown gave up waiting and recorded its end.
         self.abandoned = False
@@ -95,7 +109,13 @@ class BackupService(ServiceBase):
         self._stop_started = False
         self._reload_requested = False
         self._loop_thread: Optional[threading.Thread] = None
+        self._heartbeat_thread: Optional[threading.Thread] = None
         self.stragglers: List[Operation] = []
+        self.metrics: Optional[service_metrics.Metrics] = None
+
+    @property
+    def _me(self) -> str:
+        return self.owner or states.owner_id()
 
     @property
     def options(self) -> cfg.ConfigOpts.GroupAttr:
@@ -106,7 +126,23 @@ class BackupService(ServiceBase):
     def start(self) -> None:
         self.owner = states.owner_id()
         LOG.info('chunkbackup-backup %s starting.', self.owner)
+        leases.enable(self.options.lease_seconds)
+        self.metrics = service_metrics.Metrics()
+        operations.DRIVER_OBSERVERS.append(self.metrics.storage.observe)
+        if self.options.metrics_port:
+            self.metrics.serve(self.options.metrics_port,
+                               self.options.metrics_host)
+            LOG.info('Serving metrics at http://%s:%d/metrics.',
+                     self.options.metrics_host, self.options.metrics_port)
         self.catalog = api.Catalog()
+        session = self.catalog.session()
+        try:
+            workers.register(session, self.owner, self.options.lease_seconds)
+        finally:
+            session.close()
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat, name='chunkbackup-heartbeat', daemon=True)
+        self._heartbeat_thread.start()
         session = self.catalog.session()
         try:
             cleaned = operations.cleanup_interrupted(
@@ -142,8 +178,73 @@ class BackupService(ServiceBase):
             self._shutdown()
         finally:
             self._stopped.set()
+            self._deregister()
+
+    def _deregister(self) -> None:
+        if self.catalog is None:
+            return
+        session = self.catalog.session()
+        try:
+            workers.stopped(session, self.owner)
+        except Exception:
+            LOG.exception('Could not record that this worker stopped.')
+        finally:
+            session.close()
+        # This process takes no more leases (tests start services in it).
+        leases.disable()
+        if self.metrics is not None:
+            if self.metrics.storage.observe in operations.DRIVER_OBSERVERS:
+                operations.DRIVER_OBSERVERS.remove(
+                    self.metrics.storage.observe)
+            self.metrics.close()
 
     # The loop ----------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Renew this worker's heartbeat and leases, a third of a lease."""
+        interval = self.options.lease_seconds / 3.0
+        while not self._stopped.wait(interval):
+            session = self.catalog.session()
+            try:
+                workers.heartbeat(session, self.owner, len(self._running()))
+            except Exception as e:
+                LOG.warning('The heartbeat failed (%s); its leases lapse '
+                            'after [backup_service] lease_seconds = %s.',
+                            getattr(e, 'orig', None) or e,
+                            self.options.lease_seconds)
+            finally:
+                session.close()
+
+    def _observe(self) -> None:
+        """Take over expired leases; refresh the catalog's gauges."""
+        session = self.catalog.session()
+        try:
+            taken = workers.take_over_expired(
+                session, operations._remove_objects,
+                self.options.job_attempts)
+            for kind, count in (('backup', len(taken.backups)),
+                                ('restore', len(taken.restores)),
+                                ('job', len(taken.requeued) +
+                                 len(taken.failed) + len(taken.done)),
+                                ('volume', taken.volume_locks)):
+                if count:
+                    self.metrics.taken_over.labels(kind).inc(count)
+            self.metrics.queue_depth.set(workers.queue_depth(session))
+            self.metrics.running.set(len(self._running()))
+            rows = session.execute(
+                sa.select(models.Backup.display_name,
+                          sa.func.max(models.Backup.created_at))
+                .where(models.Backup.status == states.AVAILABLE,
+                       models.Backup.display_name.like(
+                           schedules.SCHEDULE_PREFIX + '%'))
+                .group_by(models.Backup.display_name)).all()
+            session.commit()
+            for name, when in rows:
+                self.metrics.schedule_last_success.labels(
+                    name[len(schedules.SCHEDULE_PREFIX):]).set(
+                    when.replace(tzinfo=datetime.timezone.utc).timestamp())
+        finally:
+            session.close()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -152,6 +253,7 @@ class BackupService(ServiceBase):
                     self._reload_requested = False
                     self._load_schedules()
                 self._reap()
+                self._observe()
                 self._fill()
             except Exception:
                 # A locked or unreachable catalog must not end the service.
@@ -191,27 +293,42 @@ class BackupService(ServiceBase):
             return
         session = self.catalog.session()
         try:
-            for spec in self._due_schedules(session):
+            for spec, volume_lock in self._due_schedules(session):
                 if free <= 0 or self._stopping.is_set():
+                    workers.unlock_volume(session, volume_lock, self._me)
                     return
-                self._start(Operation(
+                op = Operation(
                     'scheduled backup %s of %s' % (spec.name, spec.volume),
                     self._scheduled_backup_runner(spec),
-                    schedule=spec.name))
+                    schedule=spec.name)
+                op.volume_lock = volume_lock
+                self._start(op)
                 free -= 1
             while free > 0 and not self._stopping.is_set():
-                job = states.claim_job(session, self.owner)
+                job = workers.claim_job(session, self.owner,
+                                        self._volume_of_job)
                 if job is None:
                     return
-                self._start(Operation('job %d (%s)' % (job.id, job.kind),
-                                      self._job_runner(job.id),
-                                      job_id=job.id))
+                op = Operation('job %d (%s, run %d)' % (job.id, job.kind,
+                                                        job.attempts),
+                               self._job_runner(job.id), job_id=job.id)
+                op.volume_lock = job.volume_lock
+                self._start(op)
                 free -= 1
         finally:
             session.close()
 
+    @staticmethod
+    def _volume_of_job(job: models.Job) -> Optional[str]:
+        params = job.params or {}
+        if not params.get('volume'):
+            return None
+        return params.get('volume_id') or operations.volume_id_of(
+            operations.volume_name(params['volume']))
+
     def _due_schedules(self, session: orm.Session
-                       ) -> Iterable[schedules.ScheduleSpec]:
+                       ) -> Iterable[Tuple[schedules.ScheduleSpec, str]]:
+        """Due schedules, each with its volume locked for this worker."""
         running = {op.schedule for op in self._running() if op.schedule}
         names = {s.name for s in self.schedules}
         specs = list(self.schedules)
@@ -226,15 +343,31 @@ class BackupService(ServiceBase):
             if spec.name in running:
                 continue
             now = models.utcnow()
+            last = self._last_run.get(spec.key)
+            if spec.source == 'config' and last is not None and \
+                    last + datetime.timedelta(seconds=spec.interval) > now:
+                continue
+            volume_id = spec.effective_volume_id
+            if not workers.lock_volume(session, volume_id, self._me):
+                continue  # another worker backs the volume up now
             if spec.source == 'catalog':
                 if schedules.claim_catalog_schedule(session, spec, now):
-                    yield spec
+                    yield spec, volume_id
+                else:
+                    workers.unlock_volume(session, volume_id, self._me)
                 continue
-            last = self._last_run.get(spec.key)
+            # Workers sharing the configuration: the newest backup of the
+            # schedule, read under the volume's lock, says if it is due.
+            made = schedules.last_scheduled_backup(session, spec)
+            session.commit()
+            if made is not None and (last is None or made > last):
+                self._last_run[spec.key] = last = made
             if last is None or last + datetime.timedelta(
                     seconds=spec.interval) <= now:
                 self._last_run[spec.key] = now
-                yield spec
+                yield spec, volume_id
+            else:
+                workers.unlock_volume(session, volume_id, self._me)
 
     def _start(self, op: Operation) -> None:
         LOG.info('Starting %s.', op.label)
@@ -249,8 +382,12 @@ class BackupService(ServiceBase):
     def _execute(self, op: Operation) -> None:
         session = self.catalog.session()
         status, error = states.DONE, None
+        started = time.monotonic()
         try:
             op.run(session, op)
+        except leases.LeaseLost as e:
+            session.rollback()
+            status, error = 'lease_lost', e.msg
         except exception.ChunkBackupError as e:
             session.rollback()
             status, error = states.FAILED, e.msg
@@ -265,13 +402,17 @@ class BackupService(ServiceBase):
                      'shutdown_grace_period ran out (%s)' % error)
         if status == states.DONE:
             LOG.info('%s finished.', op.label)
-        elif status == states.CANCELLED:
+        elif status in (states.CANCELLED, 'lease_lost'):
             LOG.warning('%s: %s', op.label, error)
         else:
             LOG.error('%s failed: %s', op.label, error)
+        self._count(session, op, status, time.monotonic() - started)
         try:
-            if op.abandoned:
-                # The shutdown has recorded how this ended; keep it.
+            if op.volume_lock:
+                workers.unlock_volume(session, op.volume_lock, self.owner)
+            if op.abandoned or status == 'lease_lost':
+                # The shutdown has recorded how this ended, or the worker
+                # that took the lease over does; keep it.
                 return
             if status == states.CANCELLED and op.backup_id:
                 # Say why in the record, not only that it was cancelled.
@@ -287,6 +428,24 @@ class BackupService(ServiceBase):
             session.close()
             op.done.set()
             self._wake.set()
+
+    def _count(self, session, op: Operation, status: str,
+               seconds: float) -> None:
+        """The metrics of an operation that ended."""
+        try:
+            self.metrics.operations.labels(op.kind, status).inc()
+            self.metrics.durations.labels(op.kind).observe(seconds)
+            if status == states.DONE and op.backup_id:
+                stats = session.scalar(
+                    sa.select(models.Backup.stats)
+                    .where(models.Backup.id == op.backup_id))
+                session.commit()
+                read, stored = service_metrics.stats_bytes(stats)
+                self.metrics.bytes_read.inc(read)
+                self.metrics.bytes_stored.inc(stored)
+        except Exception:
+            LOG.exception('Could not count the end of %s.', op.label)
+            session.rollback()
 
     def _created(self, session, op: Operation):
         """on_created hook: remember the record, honour an early cancel."""

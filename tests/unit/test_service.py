@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
 from chunkbackup.catalog import states
+from chunkbackup.catalog import workers
 from chunkbackup import exception
 from chunkbackup import operations
 from chunkbackup import service
@@ -373,8 +374,12 @@ def test_catalog_schedules_are_claimed_once(tmp_path, catalog):
     first, second = runner.BackupService(), runner.BackupService()
     for svc in (first, second):
         svc.catalog = catalog
-    assert [s.name for s in first._due_schedules(s1)] == ['nightly']
+    due = list(first._due_schedules(s1))
+    assert [s.name for s, _ in due] == ['nightly']
     s2 = catalog.session()
+    # Its volume is taken while the run lasts: nobody else runs it.
+    assert list(second._due_schedules(s2)) == []
+    workers.unlock_volume(s1, due[0][1], first._me)
     # Another service sharing the catalog finds it taken; so does the next
     # look of the first one, until the interval has passed.
     assert list(second._due_schedules(s2)) == []
@@ -382,7 +387,7 @@ def test_catalog_schedules_are_claimed_once(tmp_path, catalog):
     s1.execute(sa.update(models.Schedule).values(
         last_run_at=models.utcnow() - datetime.timedelta(hours=2)))
     s1.commit()
-    assert [s.name for s in second._due_schedules(s2)] == ['nightly']
+    assert [s.name for s, _ in second._due_schedules(s2)] == ['nightly']
     s1.close()
     s2.close()
 
@@ -452,8 +457,10 @@ def _wait(condition, timeout=20):
 
 def test_at_most_max_concurrent_operations(running_service, catalog):
     session = catalog.session()
-    queued = [states.enqueue_job(session, 'backup', {'volume': '/v'}).id
-              for _ in range(5)]
+    # Five volumes: two backups of one volume never run at once.
+    queued = [states.enqueue_job(session, 'backup',
+                                 {'volume': '/v%d' % i}).id
+              for i in range(5)]
     stand = running_service.stand
     _wait(lambda: len(stand.started) == 2)
 
