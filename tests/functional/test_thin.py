@@ -241,6 +241,17 @@ def test_full_backup_skips_holes_and_restores_sparse(tmp_path):
     assert allocated <= stats['bytes_read'] + 64 * KiB, allocated
     assert os.path.getsize(out) == SIZE
 
+    # Over a file full of other bytes (--force): the holes are punched.
+    with open(out, 'wb') as f:
+        for _ in range(SIZE // MiB):
+            f.write(b'\xff' * MiB)
+        f.write(b'\xff' * (SIZE % MiB))
+    assert os.stat(out).st_blocks * 512 >= SIZE
+    cli.json('backup-restore', full['id'], str(out), '--force')
+    assert _read(out) == _read(vol)
+    allocated = os.stat(out).st_blocks * 512
+    assert allocated <= stats['bytes_read'] + 64 * KiB, allocated
+
 
 def test_skip_holes_false_reads_everything(tmp_path):
     cli = Cli(tmp_path)
