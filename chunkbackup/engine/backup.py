@@ -300,7 +300,7 @@ class BackupWriter:
         return first * self.bs, min(end * self.bs, self.size)
 
     def _fill(self, source, work: _Work) -> None:
-        """Read the READ pieces into the buffer, zeros where holes are."""
+        """Read the READ pieces into the buffer (holes are left alone)."""
         if work.filled or work.buffer is None:
             return
         view = memoryview(work.buffer)
@@ -314,8 +314,6 @@ class BackupWriter:
                 read += got
                 if got < len(target):  # the volume shrank under us
                     target[got:] = self.zeros.view[:len(target) - got]
-            elif kind == sources.HOLE:
-                target[:] = self.zeros.view[:len(target)]
         work.filled = True
         work.read = read
 
@@ -328,10 +326,31 @@ class BackupWriter:
         view = memoryview(work.buffer) if work.buffer is not None else None
         digests = b''.join(self._digests(view, work, first, end, kind)
                            for first, end, kind in work.pieces)
-        extents = [self._extent(view, work, a, b)
-                   for a, b in self._stored_runs(work, digests)]
+        runs = self._stored_runs(work, digests)
+        self._zero_stored_holes(work, runs)
+        extents = [self._extent(view, work, a, b) for a, b in runs]
         return _Result(digests, extents, work.buffer, stop - start,
                        work.read)
+
+    def _zero_stored_holes(self, work: _Work, runs) -> None:
+        """Zero the holes inside stored runs, and only those.
+
+        A window with a little data is mostly hole: zeroing all of it
+        would cost a memcpy of the whole window for nothing.
+        """
+        if work.buffer is None:
+            return
+        view = memoryview(work.buffer)
+        base = work.first * self.bs
+        for first, end, kind in work.pieces:
+            if kind != sources.HOLE:
+                continue
+            for run_first, run_end in runs:
+                lo, hi = max(first, run_first), min(end, run_end)
+                if lo < hi:
+                    start, stop = self._byte_range(lo, hi)
+                    view[start - base:stop - base] = \
+                        self.zeros.view[:stop - start]
 
     def _digests(self, view, work, first, end, kind) -> bytes:
         start, stop = self._byte_range(first, end)
