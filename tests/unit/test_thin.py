@@ -295,3 +295,29 @@ def test_incremental_data_to_hole_with_a_map(driver, ops, tmp_path):
     assert stats.bytes_read == stats.blocks_sampled * BS
     assert _objects(driver, inc) == [(2 * OBJECT, 3 * BS)]
     _check_restores(driver, ops, tmp_path, inc, volume)
+
+
+def test_short_holes_stored_inside_objects_are_zeros_in_reused_buffers(
+        driver, ops, tmp_path):
+    # Few buffers, reused window after window: each window's short hole
+    # sits where the windows before had data, so a hole merged into a
+    # stored object must be zeroed, not left as what the buffer held.
+    _set(driver, objects_in_flight=1)
+    windows = 6
+    writes = []
+    holes = []
+    for w in range(windows):
+        base = w * OBJECT
+        hole = base + (1 + 2 * (w % 3)) * BS   # two blocks, moving
+        writes.append((base, os.urandom(hole - base)))
+        writes.append((hole + 2 * BS, os.urandom(base + OBJECT - hole -
+                                                 2 * BS)))
+        holes.append(hole)
+    path = _sparse(tmp_path / 'vol', windows * OBJECT, writes)
+    record, stats = _backup(driver, path)
+    assert stats.hole_bytes == windows * 2 * BS
+    # Each window is one object, its hole inside it.
+    assert _objects(driver, record) == [(w * OBJECT, OBJECT)
+                                        for w in range(windows)]
+    driver.verify(record)
+    assert _read(ops.restore(driver, record)) == _read(path)
