@@ -296,13 +296,18 @@ def chain_of(store):
 def test_one_root_builds_the_chain(make_posix, overrides):
     driver = make_posix()
     assert chain_of(driver.store) == ['RetryingStore', 'MeteredStore',
-                                      'DriverStore']
+                                      'DeadlineStore', 'DriverStore']
     overrides('storage_rate_limit', 10 ** 6)
     driver = make_posix()
     injector = faults.install(driver, faults.FaultPlan())
     assert chain_of(driver.store) == [
         'RetryingStore', 'FaultInjectingStore', 'RateLimitedStore',
-        'MeteredStore', 'DriverStore']
+        'MeteredStore', 'DeadlineStore', 'DriverStore']
+    # With every deadline off there is nothing to watch.
+    for name in ('storage_request_timeout', 'storage_min_rate',
+                 'operation_timeout'):
+        overrides(name, 0)
+    assert 'DeadlineStore' not in chain_of(make_posix().store)
     assert injector.inner is driver.store.inner.inner
 
 
