@@ -56,7 +56,8 @@ class Run:
     """What one operation reports to and asks: progress and cancellation."""
 
     progress: progress.Progress
-    check_cancel: Callable[[], None]
+    # check_cancel(force=False): force skips cancel_check_interval.
+    check_cancel: Callable[..., None]
 
     def advance(self, nbytes: int) -> None:
         self.progress.advance(nbytes)
@@ -134,14 +135,26 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """The object name prefix of a new backup."""
 
     @abc.abstractmethod
-    def update_container_name(self, backup, container: Optional[str]) -> str:
-        """The container to use, given the one the backup asked for."""
+    def update_container_name(self, backup,
+                              container: Optional[str]) -> Optional[str]:
+        """The container to use, given the one the backup asked for.
+
+        None keeps the backup's container, or ``default_container`` when
+        it names none (Cinder's contract, so Cinder-style subclasses work).
+        """
 
     @abc.abstractmethod
     def get_extra_metadata(self, backup, volume) -> Optional[dict]:
         """Driver data stored in ``_metadata`` and given back to readers."""
 
     # Optional hooks.
+
+    def default_container(self, backup) -> Optional[str]:
+        """The container of a backup that names none, when
+        ``update_container_name`` returns None (Cinder's
+        ``backup_default_container``).
+        """
+        return None
 
     def classify_error(self, exc: BaseException
                        ) -> Tuple[str, Optional[str]]:
@@ -172,15 +185,20 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                                      backup, total),
                    self._cancel_checker(backup, operation))
 
-    def _cancel_checker(self, backup, operation) -> Callable[[], None]:
-        """A callable that raises when the backup record says cancel."""
+    def _cancel_checker(self, backup, operation) -> Callable[..., None]:
+        """A callable that raises when the backup record says cancel.
+
+        Checks at most every cancel_check_interval seconds, except the
+        first time and when called with force=True (before the first
+        object and before _metadata, where Cinder checks too).
+        """
         start_status = getattr(backup, 'status', None)
-        last = [time.monotonic()]
+        last = [float('-inf')]
         interval = self.engine_options.cancel_check_interval
 
-        def check():
+        def check(force: bool = False):
             now = time.monotonic()
-            if now - last[0] < interval:
+            if not force and now - last[0] < interval:
                 return
             last[0] = now
             self.refresh_backup(backup)
@@ -236,8 +254,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     def _backup(self, backup, source, parent, changed_extents,
                 backup_metadata, stats):
         location = documents.Location(
-            self.update_container_name(backup,
-                                       getattr(backup, 'container', None)),
+            self._container_of(backup),
             self._generate_object_name_prefix(backup))
         backup.container = location.container
         backup.service_metadata = location.prefix
@@ -257,19 +274,24 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             writer = backup_writer.BackupWriter(
                 self.store, self.engine_options, self.compressor, self._zeros)
             run = self._run(backup, 'backup', source.size)
+            run.progress.details.update(prefix=location.prefix,
+                                        objects=writer.entries,
+                                        extra_metadata=extra_metadata)
+            run.check_cancel(force=True)
             with run.progress:
                 entries, block_map = writer.write(
                     location, source, segments, parent, extra_metadata, run,
                     stats)
             with block_map:
-                run.check_cancel()
+                run.check_cancel(force=True)
                 volume_meta = (self.get_metadata(backup.volume_id)
                                if backup_metadata else None)
                 self.flush_container(location.container)
                 documents.write_documents(
                     self.store, backup, location, entries, block_map,
                     volume_meta, extra_metadata,
-                    lambda: self.flush_container(location.container))
+                    lambda: self.flush_container(location.container),
+                    lambda: run.check_cancel(force=True))
         except exception.BackupOperationCancelled as e:
             LOG.warning('Backup %(id)s was cancelled; removing the objects '
                         'it wrote.', {'id': backup.id})
@@ -282,9 +304,25 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                      'it wrote.', {'id': backup.id, 'err': e})
             self._delete_objects_quietly(location.container, location.prefix)
             raise
-        backup.object_count = len(entries) + 2
+        # Data objects only, as Cinder counts them.
+        backup.object_count = len(entries)
         backup.save()
         return {'parent_id': backup.parent_id}
+
+    def _container_of(self, backup) -> str:
+        """Cinder's rule: the hook's answer, else the backup's, else the
+        default.
+        """
+        current = getattr(backup, 'container', None)
+        container = (self.update_container_name(backup, current) or current
+                     or self.default_container(backup))
+        if not container:
+            raise exception.InvalidConfiguration(
+                reason='%s.update_container_name returned no container for '
+                       'backup %s and the driver has no default_container; '
+                       'return a container name' % (type(self).__name__,
+                                                    backup.id))
+        return container
 
     def _parent(self, backup, volume_size) -> backup_writer.Parent:
         return readplan.load_parent(self.store, backup, volume_size,
@@ -303,11 +341,25 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """Work out, from metadata alone, what a restore fetches and writes.
 
         The plan holds the target's block map: close it with
-        ``plan.block_map.close()`` (restore and verify do).
+        ``plan.close()`` (restore and verify do). A backup whose
+        ``_sha256file`` is lost is planned from its objects alone (see
+        ``engine.plan``), with a warning.
         """
         chain = documents.load_chain(self.store, backup, check_listing)
         target = chain[-1]
-        block_map = self._read_block_map(backup, target.location)
+        block_map = documents.read_block_map(
+            self.store, backup, target.location,
+            self.engine_options.block_map_memory,
+            self.engine_options.temp_dir, missing_ok=True)
+        if block_map is None:
+            LOG.warning('Backup %(id)s has no _sha256file (%(name)s is '
+                        'lost): restoring it from its objects with each '
+                        'object\'s MD5 checked; block checks are '
+                        'impossible, and it cannot be the parent of an '
+                        'incremental.',
+                        {'id': backup.id, 'name': target.location.sha256file})
+            size = restore_plan.check_chain(chain, 1)
+            return restore_plan.plan(chain, None, size, self.sha_block_size)
         try:
             size = restore_plan.check_chain(chain, block_map.block_size)
             plan = restore_plan.plan(chain, block_map, size)
@@ -335,11 +387,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             if error is e:
                 raise
             raise error from e
-        volume_meta = next((layer.metadata.volume_meta
-                            for layer in reversed(plan.chain)
-                            if layer.metadata.volume_meta), None)
-        if volume_meta:
-            self.put_metadata(volume_id, volume_meta)
+        # Every layer's, base first, as Cinder applies them: older keys
+        # survive, newer ones win.
+        for layer in plan.chain:
+            if layer.metadata.volume_meta:
+                self.put_metadata(volume_id, layer.metadata.volume_meta)
 
     def verify(self, backup: Any) -> RestorePlan:
         """Check a backup as a restore would, writing nothing.
@@ -382,7 +434,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             with run.progress:
                 executor.execute(plan, sink, check_md5, run, problems)
         finally:
-            plan.block_map.close()
+            plan.close()
 
     # ------------------------------------------------------------------
     # Discovery, for rebuilding a catalog from the store.
@@ -397,7 +449,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         if container is None:
             anonymous = types.SimpleNamespace(id='0' * 36, volume_id='0',
                                               container=None)
-            container = self.update_container_name(anonymous, None)
+            container = self._container_of(anonymous)
         for name in self.store.list(container, ''):
             if name.endswith('_metadata'):
                 yield container, name

@@ -16,9 +16,10 @@ Inside cinder-backup (Cinder 29):
   a restored volume gets back its name, description and metadata as with
   Cinder's drivers.
 - Backup progress goes out as ``backup.createprogress`` notifications with
-  ``backup_percent``, every ``backup_object_number_per_notification``
-  objects or ``backup_timer_interval`` seconds (Cinder's options), and a
-  last one at 100%.
+  Cinder's payload, every ``backup_object_number_per_notification``
+  objects, from a timer every ``backup_timer_interval`` seconds when the
+  driver's ``backup_*enable_progress_timer`` is true (Cinder's options),
+  and a last one at 100%.
 - A cancelled restore raises ``cinder.exception.BackupRestoreCancel``, the
   class the manager catches. A backup whose status turned to deleting stops,
   removes what it wrote and returns: the manager reports it aborted.
@@ -26,7 +27,7 @@ Inside cinder-backup (Cinder 29):
   while it was being written reads as deleted instead of failing.
 """
 import sys
-import time
+import threading
 from typing import Any, Optional
 
 from oslo_config import cfg
@@ -100,26 +101,48 @@ class CinderSupport:
         with read_deleted():
             backup.refresh()
 
+    @staticmethod
+    def service_token() -> Optional[str]:
+        """A token of cinder-backup's [service_user], or None when
+        send_service_user_token is off (Cinder's service_auth).
+        """
+        from cinder import service_auth
+
+        plugin = service_auth.get_service_auth_plugin()
+        if plugin is None:
+            return None
+        return plugin.get_token(session=service_auth.get_service_session())
+
     def restore_cancelled(self, backup, volume_id: str) -> Exception:
         return self.exception.BackupRestoreCancel(back_id=backup.id,
                                                   vol_id=volume_id)
 
     # Progress -------------------------------------------------------------
 
-    def progress_listener(self) -> progress.ProgressListener:
-        return CreateProgressNotifier(self.context)
+    def progress_listener(self, timer_option: str =
+                          'backup_enable_progress_timer'
+                          ) -> progress.ProgressListener:
+        return CreateProgressNotifier(self.context, timer_option)
 
 
 class CreateProgressNotifier(progress.ProgressListener):
     """Cinder's ``backup.createprogress`` notifications, for backups only.
 
-    One every ``backup_object_number_per_notification`` objects (one
-    progress step of the engine is one object-size piece of the volume) or
-    every ``backup_timer_interval`` seconds, whichever comes first, and one
-    at 100% when the data is stored, as Cinder's chunked drivers send them.
+    As Cinder's chunked drivers send them: one every
+    ``backup_object_number_per_notification`` objects (one progress step
+    of the engine is one object-size piece of the volume); when the
+    driver's progress timer option (``backup_enable_progress_timer`` for
+    posix, ``backup_<store>_enable_progress_timer`` for the others) is
+    true, one at the start and one every ``backup_timer_interval``
+    seconds from a timer; and one at 100% when the data is stored. The
+    payload's ``extra_usage_info`` is Cinder's: ``id`` (the next object
+    number), ``list`` (the objects so far, as in ``_metadata``),
+    ``prefix``, ``volume_meta`` (None, as in Cinder's), ``extra_metadata``
+    when the driver has any, and ``backup_percent``.
     """
 
-    def __init__(self, context: Any):
+    def __init__(self, context: Any,
+                 timer_option: str = 'backup_enable_progress_timer'):
         from cinder.backup import driver as cinder_driver  # noqa: F401
         from cinder.volume import volume_utils
 
@@ -127,14 +150,35 @@ class CreateProgressNotifier(progress.ProgressListener):
         self._notify = volume_utils.notify_about_backup_usage
         self.every_objects = max(1, CONF.backup_object_number_per_notification)
         self.interval = CONF.backup_timer_interval
+        # A driver option of Cinder's; a store Cinder lacks has none.
+        self.timer_enabled = bool(getattr(CONF, timer_option, True))
         self._steps = 0
-        self._last = 0.0
         self._warned = False
+        self._progress: Optional[progress.Progress] = None
+        self._stop: Optional[threading.Event] = None
+        self._timer: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def bind(self, progress_: progress.Progress) -> None:
+        self._progress = progress_
+
+    def _usage_info(self, percent: float) -> dict:
+        details = self._progress.details if self._progress else {}
+        objects = list(details.get('objects') or ())
+        info = {'id': len(objects) + 1,
+                'list': [entry.to_json() for entry in objects],
+                'prefix': details.get('prefix'),
+                'volume_meta': None,
+                'backup_percent': percent}
+        if details.get('extra_metadata') is not None:
+            info['extra_metadata'] = details['extra_metadata']
+        return info
 
     def _send(self, backup, percent: float) -> None:
         try:
-            self._notify(self.context, backup, 'createprogress',
-                         extra_usage_info={'backup_percent': percent})
+            with self._lock:  # the timer and the engine both send
+                self._notify(self.context, backup, 'createprogress',
+                             extra_usage_info=self._usage_info(percent))
         except Exception as e:
             # A notification bus problem must not fail the backup.
             if not self._warned:
@@ -143,22 +187,40 @@ class CreateProgressNotifier(progress.ProgressListener):
                             'backup %(id)s: %(err)s',
                             {'id': backup.id, 'err': e})
 
+    def _percent(self) -> float:
+        p = self._progress
+        return 100.0 * p.done / max(p.total, 1) if p else 0.0
+
+    def _tick(self, backup, stop: threading.Event) -> None:
+        # Cinder's FixedIntervalLoopingCall: at once, then every interval.
+        while True:
+            self._send(backup, self._percent())
+            if stop.wait(max(self.interval, 0.01)):
+                return
+
     def started(self, operation, backup, total_bytes):
         self._steps = 0
-        self._last = time.monotonic()
+        if operation != 'backup' or not self.timer_enabled:
+            return
+        self._stop = threading.Event()
+        self._timer = threading.Thread(
+            target=self._tick, args=(backup, self._stop),
+            name='createprogress-%s' % backup.id, daemon=True)
+        self._timer.start()
 
     def advanced(self, operation, backup, done_bytes, total_bytes):
         if operation != 'backup':
             return
         self._steps += 1
-        now = time.monotonic()
-        if self._steps < self.every_objects and \
-                now - self._last < self.interval:
+        if self._steps < self.every_objects:
             return
         self._steps = 0
-        self._last = now
         self._send(backup, 100.0 * done_bytes / max(total_bytes, 1))
 
     def finished(self, operation, backup, done_bytes, ok):
+        if self._timer is not None:
+            self._stop.set()
+            self._timer.join()
+            self._timer = self._stop = None
         if operation == 'backup' and ok:
             self._send(backup, 100)

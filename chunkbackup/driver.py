@@ -27,6 +27,9 @@ class BackupDriver(metaclass=abc.ABCMeta):
     # Cinder's manager asks this before a forced delete of a backup that
     # is still being written: a driver that stops such a backup says True.
     support_force_delete = False
+    # Cinder's option that turns the timed createprogress notifications
+    # on or off for this kind of store (its name differs per driver).
+    cinder_progress_timer_option = 'backup_enable_progress_timer'
 
     def __init__(self, context: Any, db: Any = None):
         self.context = context
@@ -102,7 +105,8 @@ class BackupDriver(metaclass=abc.ABCMeta):
         """The log, and inside cinder-backup createprogress notifications."""
         listeners = [progress.LogListener()]
         if self.cinder is not None:
-            listeners.append(self.cinder.progress_listener())
+            listeners.append(self.cinder.progress_listener(
+                self.cinder_progress_timer_option))
         return listeners
 
     def refresh_backup(self, backup) -> None:

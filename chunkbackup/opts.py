@@ -11,6 +11,9 @@ import re
 from oslo_config import cfg
 
 CONF = cfg.CONF
+# Below this SHA block size digests cost more than the data is worth:
+# accepted, as Cinder accepts it, with a warning.
+SLOW_SHA_BLOCK_SIZE = 4096
 
 ENGINE_GROUP = 'chunkbackup'
 
@@ -53,11 +56,14 @@ engine_opts = [
                     'are faster); other values are refused at start-up.'),
     cfg.IntOpt('sha_block_size',
                default=32768,
-               min=512,
+               min=1,
                help='Size in bytes of the blocks whose SHA-256 is recorded '
                     'in the _sha256file and compared by incremental backups. '
                     'Object sizes must be multiples of it. An incremental '
-                    'backup needs the same value as its parent.'),
+                    'backup needs the same value as its parent. Any value '
+                    'Cinder accepts works; below %d a warning says it is '
+                    'slow (a digest of 32 bytes, hex in _sha256file, per '
+                    'block).' % SLOW_SHA_BLOCK_SIZE),
     cfg.IntOpt('objects_in_flight',
                default=4,
                min=1,
@@ -212,7 +218,26 @@ def list_opts():
         if module.GROUP not in seen:
             seen.add(module.GROUP)
             groups.append((module.GROUP, module.OPTS))
+    _note_cinder_equivalents(groups)
     return [(group, list(opts)) for group, opts in groups]
+
+
+def _note_cinder_equivalents(groups) -> None:
+    """End the help of the engine's and drivers' options with the Cinder
+    options they replace (chunkbackup.cinder_options), for the sample.
+    """
+    from chunkbackup import cinder_options
+
+    for group, options in groups:
+        if group != ENGINE_GROUP and group not in cinder_options.STORE_GROUPS:
+            continue
+        for opt in options:
+            if group == ENGINE_GROUP and opt.dest == 'driver':
+                note = 'Cinder: backup_driver (in cinder-backup).'
+            else:
+                note = cinder_options.help_note(group, opt.dest)
+            if opt.help and note not in opt.help:
+                opt.help = '%s %s' % (opt.help, note)
 
 
 _OSLO_VALUE_ERROR = re.compile(

@@ -15,6 +15,9 @@ LOG = logging.getLogger(__name__)
 class ProgressListener:
     """Receives progress; override what you need."""
 
+    def bind(self, progress: 'Progress') -> None:
+        """Called first: the operation's ``Progress`` (for its details)."""
+
     def started(self, operation: str, backup, total_bytes: int) -> None:
         pass
 
@@ -68,8 +71,16 @@ class Progress:
         self.backup = backup
         self.total = total_bytes
         self.done = 0
+        # What the operation tells listeners besides bytes; for a backup:
+        # 'prefix', 'objects' (the live list of ObjectEntry stored so far)
+        # and 'extra_metadata' (Cinder's progress notifications carry them).
+        self.details: dict = {}
 
     def __enter__(self):
+        for listener in self.listeners:
+            bind = getattr(listener, 'bind', None)
+            if bind is not None:
+                bind(self)
         for listener in self.listeners:
             listener.started(self.operation, self.backup, self.total)
         return self

@@ -295,6 +295,17 @@ def cmd_cleanup(args, session):
          [('id', 'ID'), ('status', 'Status'), ('objects', 'Objects')])
 
 
+def cmd_cinder_options(args, session):
+    from chunkbackup import cinder_options
+
+    with open(args.cinder_conf) as f:
+        text = f.read()
+    try:
+        sys.stdout.write(cinder_options.convert(text))
+    except ValueError as e:
+        raise exception.InvalidConfiguration(reason=str(e))
+
+
 def _add_format(parser):
     parser.add_argument('--format', choices=('table', 'json'),
                         default='table',
@@ -407,6 +418,12 @@ def add_command_parsers(subparsers):
                    help='volume id (default: a stable id of the path)')
     p.add_argument('--disabled', action='store_true',
                    help='keep the schedule but do not run it')
+
+    p = command('cinder-options', cmd_cinder_options,
+                'Print the [chunkbackup] and [backup_*] sections (and '
+                'backup_driver) equivalent to the backup options of a '
+                'cinder.conf.')
+    p.add_argument('cinder_conf', help='path of the cinder.conf')
 
     command('service-list', cmd_service_list,
             'List the chunkbackup-backup workers sharing the catalog: '

@@ -76,6 +76,8 @@ class _NoSuchBucket(Exception):
 class GoogleBackupDriver(chunked.ChunkedBackupDriver):
     """Cinder-compatible Google Cloud Storage driver."""
 
+    cinder_progress_timer_option = 'backup_gcs_enable_progress_timer'
+
     # Names per listing page; None means the service's (1000).
     listing_page_size: Optional[int] = None
 
@@ -202,8 +204,11 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
         LOG.debug('Google Cloud Storage client ready (project %s).',
                   self.client.project)
 
+    def default_container(self, backup) -> str:
+        return self.options.bucket
+
     def update_container_name(self, backup, container):
-        return container or self.options.bucket
+        return container or self.default_container(backup)
 
     def put_container(self, container: str) -> None:
         try:

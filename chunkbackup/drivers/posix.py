@@ -36,6 +36,11 @@ OPTS = [
                     'Unset means $XDG_DATA_HOME/chunkbackup/backups, i.e. '
                     '~/.local/share/chunkbackup/backups.'),
     options.object_size_opt(32 * options.MiB),
+    cfg.BoolOpt('create_container',
+                default=True,
+                help='Create a missing container directory (below path). '
+                     'When false a missing one is an error, for trees whose '
+                     'directories an administrator makes.'),
 ]
 
 CONF.register_opts(OPTS, group=GROUP)
@@ -46,6 +51,7 @@ class PosixOptions(options.DriverOptions):
     GROUP = GROUP
 
     path: Optional[str]
+    create_container: bool
 
 
 def default_backup_root() -> str:
@@ -165,11 +171,20 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
         if container:
             self._container_path(container)
             return container
+        return self.default_container(backup)
+
+    def default_container(self, backup) -> str:
         backup_id = chunked.check_safe_id('backup id', backup.id)
         return os.path.join(backup_id[0:2], backup_id[2:4], backup_id)
 
     def put_container(self, container: str) -> None:
         path = self._container_path(container)
+        if not self.options.create_container and not os.path.isdir(path):
+            raise exception.StorageContainerNotFound(
+                operation='put_container', target=container,
+                reason='directory %s does not exist and [%s] '
+                       'create_container is false: create it first or set '
+                       'create_container = true' % (path, GROUP))
         # Create level by level so every new directory gets DIR_MODE
         # whatever the umask.
         missing = []

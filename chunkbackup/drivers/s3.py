@@ -50,6 +50,8 @@ _REQUEST_LOGGERS = ('botocore.endpoint', 'botocore.auth', 'botocore.parsers',
 class S3BackupDriver(chunked.ChunkedBackupDriver):
     """Cinder-compatible S3 driver: one object per chunk, in one bucket."""
 
+    cinder_progress_timer_option = 'backup_s3_enable_progress_timer'
+
     # Keys per listing request (S3's maximum is 1000); tests lower it.
     listing_page_size = 1000
 
@@ -224,8 +226,11 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
                        bucket, self.options.endpoint_url or 'AWS', GROUP,
                        GROUP))
 
+    def default_container(self, backup) -> str:
+        return self.options.bucket
+
     def update_container_name(self, backup, container):
-        bucket = container or self.options.bucket
+        bucket = container or self.default_container(backup)
         if not isinstance(bucket, str) or \
                 not s3_options.BUCKET_RE.match(bucket):
             raise exception.InvalidName(

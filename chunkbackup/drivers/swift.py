@@ -61,6 +61,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     # Entries per listing request; None is the server's limit (10000 by
     # default). Tests set it low to exercise paging.
     listing_page_size: Optional[int] = None
+    cinder_progress_timer_option = 'backup_swift_enable_progress_timer'
 
     def __init__(self, context, db=None):
         self.options = SwiftOptions.from_conf(CONF[GROUP])
@@ -98,10 +99,10 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                 preauthurl=self._per_user_url(),
                 preauthtoken=getattr(self.context, 'auth_token', None),
                 **common)
-        self.options.check_credentials()
+        self.options.check_credentials(not conf.auth_url)
         if conf.auth_version == '1':
             return swift_client.Connection(
-                authurl=conf.auth_url, user=conf.user, key=conf.key,
+                authurl=self._auth_url(), user=conf.user, key=conf.key,
                 auth_version='1', **common)
         # Keystone v3 through keystoneauth (swiftclient's own v3 login needs
         # python-keystoneclient and loses the HTTP status of a refusal).
@@ -119,7 +120,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             if self._keystone is None:
                 conf = self.options
                 auth = ks_v3.Password(
-                    auth_url=conf.auth_url, username=conf.user,
+                    auth_url=self._auth_url(), username=conf.user,
                     password=conf.key, project_name=conf.project_name,
                     project_domain_name=conf.project_domain_name,
                     user_domain_name=conf.user_domain_name)
@@ -139,6 +140,34 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                                    if conf.region_name else ''))
                 self._keystone = session, url
             return self._keystone
+
+    def _auth_url(self) -> str:
+        """auth_url, or the identity endpoint of the request's catalog."""
+        return self.options.auth_url or self.options.catalog_auth_url(
+            self.context)
+
+    def _headers(self, headers: Optional[dict] = None) -> Optional[dict]:
+        """``headers`` plus X-Service-Token when service_auth is on."""
+        if not self.options.service_auth:
+            return headers
+        result = dict(headers or {})
+        result['X-Service-Token'] = self._service_token()
+        return result
+
+    def _service_token(self) -> str:
+        if self.cinder is None:
+            raise exception.InvalidConfiguration(
+                reason='[%s] service_auth takes the service token from '
+                       'cinder-backup\'s [service_user] options; set it to '
+                       'false outside cinder-backup' % GROUP)
+        token = self.cinder.service_token()
+        if not token:
+            raise exception.InvalidConfiguration(
+                reason='[%s] service_auth is true but [service_user] '
+                       'send_service_user_token is false or gives no '
+                       'token; configure [service_user] or set '
+                       'service_auth = false' % GROUP)
+        return token
 
     def _per_user_url(self) -> str:
         if not self._storage_url:
@@ -196,19 +225,30 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     # Hooks --------------------------------------------------------------
 
     def check_for_setup_error(self) -> None:
+        """Everything that can be checked before a request arrives."""
+        if self.options.service_auth:
+            self._service_token()
         if self.options.auth_mode == 'per_user':
             # There is no user token before a request arrives; only the
-            # endpoint configuration can be checked.
+            # endpoint can be checked (as Cinder does, by its /info).
             if not self.options.url:
                 LOG.info('[%s] per_user mode takes the Swift endpoint from '
                          'each request\'s service catalog (%s).', GROUP,
                          self.options.catalog_info)
+                return
+            self._check_endpoint(self.options.url)
             return
-        self.options.check_credentials()
+        self.options.check_credentials(not self.options.auth_url)
+        if not self.options.auth_url:
+            LOG.info('[%s] single_user mode without auth_url takes the '
+                     'identity endpoint from each request\'s service '
+                     'catalog (%s).', GROUP,
+                     self.options.keystone_catalog_info)
+            return
         target = self.options.auth_url
         with storage.translated(self, 'login', target), self._swift() as conn:
             try:
-                conn.head_account()
+                conn.head_account(headers=self._headers())
             except swift_exc.ClientException as e:
                 if e.http_status != 404:
                     raise
@@ -218,8 +258,24 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                            'auth_version' % (target, GROUP)) from e
         LOG.info('Swift account %s reachable.', conn.url)
 
+    def default_container(self, backup) -> str:
+        return self.options.container
+
+    def _check_endpoint(self, url: str) -> None:
+        """Swift answers its /info at the endpoint's host (per_user)."""
+        with storage.translated(self, 'connect', url):
+            conn = swift_client.Connection(
+                preauthurl=url, retries=0,
+                cacert=self.options.ca_certificate_file,
+                insecure=self.options.insecure, timeout=self.options.timeout)
+            try:
+                conn.get_capabilities()
+            finally:
+                conn.close()
+        LOG.info('Swift endpoint %s reachable.', url)
+
     def update_container_name(self, backup, container):
-        container = container or self.options.container
+        container = container or self.default_container(backup)
         if not container or '/' in container or len(container) > 256:
             raise exception.InvalidName(
                 kind='container', name=container,
@@ -229,7 +285,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     def put_container(self, container: str) -> None:
         with self._swift() as conn:
             try:
-                conn.head_container(container)
+                conn.head_container(container, headers=self._headers())
                 return
             except swift_exc.ClientException as e:
                 if e.http_status != 404:
@@ -243,7 +299,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         policy = self.options.storage_policy
         headers = {'X-Storage-Policy': policy} if policy else None
         with self._swift() as conn:
-            conn.put_container(container, headers=headers)
+            conn.put_container(container, headers=self._headers(headers))
         LOG.info('Created Swift container %(c)s%(p)s.',
                  {'c': container,
                   'p': ' with storage policy %s' % policy if policy else ''})
@@ -254,7 +310,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             # full_listing: swiftclient follows the markers page by page.
             _headers, objects = conn.get_container(
                 container, prefix=prefix, limit=self.listing_page_size,
-                full_listing=True)
+                full_listing=True, headers=self._headers())
         return [obj['name'] for obj in objects]
 
     def _put_object(self, container: str, name: str, body) -> None:
@@ -263,7 +319,8 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             # Swift checks the body against the ETag and refuses (422) a
             # damaged one, so no partial or altered object is ever stored.
             etag = conn.put_object(container, name, body,
-                                   content_length=len(body), etag=md5)
+                                   content_length=len(body), etag=md5,
+                                   headers=self._headers())
         if etag and etag != md5:
             raise exception.StorageError(
                 operation='put', target='%s/%s' % (container, name),
@@ -272,7 +329,8 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
 
     def _get_object(self, container: str, name: str) -> bytes:
         with self._swift() as conn:
-            _headers, body = conn.get_object(container, name)
+            _headers, body = conn.get_object(container, name,
+                                             headers=self._headers())
         return body
 
     def get_object_writer(self, container, object_name, extra_metadata=None):
@@ -285,7 +343,8 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
 
     def delete_object(self, container: str, object_name: str) -> None:
         with self._swift() as conn:
-            conn.delete_object(container, object_name)
+            conn.delete_object(container, object_name,
+                               headers=self._headers())
 
     def _generate_object_name_prefix(self, backup) -> str:
         prefix = fmt.object_store_prefix(

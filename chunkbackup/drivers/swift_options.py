@@ -24,7 +24,16 @@ OPTS = [
     cfg.StrOpt('auth_url',
                help='Identity endpoint for single_user mode: the tempauth / '
                     'v1 URL (e.g. http://swift:8080/auth/v1.0) or the '
-                    'Keystone v3 URL (e.g. https://keystone:5000/v3).'),
+                    'Keystone v3 URL (e.g. https://keystone:5000/v3). '
+                    'Unset means the identity endpoint of each request\'s '
+                    'service catalog (keystone_catalog_info), as Cinder '
+                    'does.'),
+    cfg.StrOpt('keystone_catalog_info',
+               default='identity:Identity Service:publicURL',
+               help='single_user mode without auth_url: the catalog entry '
+                    'of the identity service in the request\'s service '
+                    'catalog, as <service_type>:<service_name>:'
+                    '<endpoint_type> (region_name picks the region).'),
     cfg.StrOpt('auth_version',
                default='1',
                choices=[('1', 'Swift v1 auth (tempauth, swauth).'),
@@ -58,6 +67,15 @@ OPTS = [
                default='object-store:swift:publicURL',
                help='per_user mode without url: the catalog entry to use, '
                     'as <service_type>:<service_name>:<endpoint_type>.'),
+    cfg.BoolOpt('service_auth',
+                default=False,
+                help='Send an X-Service-Token header with every request, '
+                     'made from the service credentials of cinder-backup\'s '
+                     '[service_user] section (send_service_user_token = '
+                     'true and its auth options), so a user token that '
+                     'expires during a long backup is still accepted by '
+                     'a Swift configured for service tokens. Needs '
+                     'cinder-backup.'),
     cfg.StrOpt('container',
                default='volumebackups',
                help='Container for backups that do not name one.'),
@@ -106,7 +124,9 @@ class SwiftOptions(options.DriverOptions):
     region_name: Optional[str]
     interface: str
     url: Optional[str]
+    keystone_catalog_info: str
     catalog_info: str
+    service_auth: bool
     container: str
     create_container: bool
     storage_policy: Optional[str]
@@ -116,20 +136,26 @@ class SwiftOptions(options.DriverOptions):
     timeout: float
 
     def validate(self) -> None:
-        if len(self.catalog_info.split(':')) != 3:
-            raise self.invalid(
-                'catalog_info = %r must have the form '
-                '<service_type>:<service_name>:<endpoint_type>'
-                % self.catalog_info)
+        for name in ('catalog_info', 'keystone_catalog_info'):
+            value = getattr(self, name)
+            if len(value.split(':')) != 3:
+                raise self.invalid(
+                    '%s = %r must have the form '
+                    '<service_type>:<service_name>:<endpoint_type>'
+                    % (name, value))
 
     @property
     def catalog_entry(self):
         """(service_type, service_name, endpoint_type) of catalog_info."""
         return tuple(self.catalog_info.split(':'))
 
-    def check_credentials(self) -> None:
-        """single_user mode needs these; checked when first used."""
-        wanted = ['auth_url', 'user', 'key']
+    def check_credentials(self, auth_url_from_catalog: bool = False
+                          ) -> None:
+        """single_user mode needs these (auth_url unless a request's
+        catalog gives it).
+        """
+        wanted = ['user', 'key'] if auth_url_from_catalog else [
+            'auth_url', 'user', 'key']
         if self.auth_version == '3':
             wanted += ['project_name', 'project_domain_name',
                        'user_domain_name']
@@ -139,6 +165,24 @@ class SwiftOptions(options.DriverOptions):
                 reason='[%s] auth_mode = single_user with auth_version = %s '
                        'needs %s' % (GROUP, self.auth_version,
                                      ', '.join(missing)))
+
+    def catalog_auth_url(self, context) -> str:
+        """single_user mode without auth_url: the identity endpoint of the
+        request's service catalog (keystone_catalog_info, region_name).
+        """
+        service_type, _name, endpoint_type = \
+            self.keystone_catalog_info.split(':')
+        url = _catalog_endpoint(context, service_type, endpoint_type,
+                                self.region_name)
+        if not url:
+            raise exception.InvalidConfiguration(
+                reason='[%s] auth_url is unset and the service catalog of '
+                       'the request has no %s endpoint of type %s%s; set '
+                       'auth_url or keystone_catalog_info' % (
+                           GROUP, endpoint_type, service_type,
+                           ' in region %s' % self.region_name
+                           if self.region_name else ''))
+        return url
 
     def per_user_url(self, context) -> str:
         """per_user mode: the Swift URL for the request's project."""
@@ -165,3 +209,18 @@ class SwiftOptions(options.DriverOptions):
                    'of type %s%s; set [%s] url or catalog_info' % (
                        endpoint_type, service_type,
                        ' in region %s' % region if region else '', GROUP))
+
+
+def _catalog_endpoint(context, service_type: str, endpoint_type: str,
+                      region: Optional[str]) -> Optional[str]:
+    """The endpoint of a type in the request's catalog, in the region."""
+    for entry in getattr(context, 'service_catalog', None) or []:
+        if entry.get('type') != service_type:
+            continue
+        for endpoint in entry.get('endpoints') or []:
+            if region and region not in (endpoint.get('region'),
+                                         endpoint.get('region_id')):
+                continue
+            if endpoint.get(endpoint_type):
+                return endpoint[endpoint_type]
+    return None

@@ -7,10 +7,16 @@ so tests and other callers pass plain values.
 import dataclasses
 from typing import Optional
 
+from oslo_log import log as logging
+
 from chunkbackup import compression
 from chunkbackup import concurrency
 from chunkbackup import exception
 from chunkbackup import opts
+
+LOG = logging.getLogger(__name__)
+SLOW_SHA_BLOCK_SIZE = opts.SLOW_SHA_BLOCK_SIZE
+_WARNED = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,16 @@ class EngineOptions:
     object_size_option: str = 'object_size'
 
     def __post_init__(self):
+        if self.sha_block_size < SLOW_SHA_BLOCK_SIZE and \
+                self.sha_block_size not in _WARNED:
+            _WARNED.add(self.sha_block_size)
+            LOG.warning('[chunkbackup] sha_block_size = %(bs)d is accepted, '
+                        'as Cinder accepts it, but slow: one 32-byte digest '
+                        'per %(bs)d bytes (%(mib).0f MiB of _sha256file per '
+                        'GiB). %(good)d or more is recommended.',
+                        {'bs': self.sha_block_size,
+                         'mib': 2 ** 30 / self.sha_block_size * 70 / 2 ** 20,
+                         'good': SLOW_SHA_BLOCK_SIZE})
         if self.object_size <= 0 or self.object_size % self.sha_block_size:
             raise exception.InvalidConfiguration(
                 reason='%s = %s must be a positive multiple of '
