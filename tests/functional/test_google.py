@@ -136,7 +136,7 @@ def test_full_backup_restore_verify_delete(driver, gcs_client, bucket_name,
     assert stored == sorted(data_objects + [
         record.service_metadata + '_metadata',
         record.service_metadata + '_sha256file'])
-    assert record.object_count == len(stored)
+    assert record.object_count == len(stored) - 2  # data objects
     bucket = gcs_client.get_bucket(bucket_name)
     assert bucket.storage_class == 'STANDARD'
 
