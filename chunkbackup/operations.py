@@ -551,7 +551,7 @@ def rebuild_catalog(session: orm.Session,
             display_description=meta.backup_description,
             status=states.AVAILABLE,
             size=max(1, math.ceil(size_bytes / 2**30)),
-            size_bytes=size_bytes, object_count=len(meta.objects) + 2,
+            size_bytes=size_bytes, object_count=len(meta.objects),
             created_at=_parse_time(meta.created_at) or models.utcnow())
         session.add(record)
         session.flush()
