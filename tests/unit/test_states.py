@@ -271,3 +271,34 @@ def test_cleanup_fails_the_jobs_of_gone_processes(catalog, session,
         states.FAILED,
         'interrupted: %s stopped before the job finished' % dead_owner)
     assert session.get(models.Job, alive.id).status == states.RUNNING
+
+
+def test_a_restore_and_a_delete_exclude_each_other(catalog, session):
+    # One process (the service runs both at once): the owner alone cannot
+    # tell them apart; the conditional update does.
+    record = _begin(session)
+    states.finish_backup(session, record, 1)
+    other = catalog.session()
+    try:
+        stale = other.get(models.Backup, record.id)  # read as available
+        states.begin_restore(session, record)
+        with pytest.raises(states.BackupBusy) as raised:
+            states.begin_delete(other, stale)
+        assert raised.value.msg == (
+            'backup %s is restoring by %s; wait, or run chunkbackup '
+            'cleanup if that process is gone'
+            % (record.id, states.owner_id()))
+        states.end_restore(session, record)
+        states.begin_delete(other, stale)
+        with pytest.raises(states.StatusConflict) as raised:
+            states.begin_restore(session, record)
+        assert raised.value.msg.startswith('backup %s is deleting by '
+                                           % record.id)
+        states.finish_delete(other, stale)
+        with pytest.raises(states.BackupGone) as raised:
+            states.begin_restore(session, record)
+        assert raised.value.msg == (
+            'cannot restore backup %s: it was deleted (by another '
+            'operation)' % record.id)
+    finally:
+        other.close()
