@@ -34,6 +34,7 @@ cost the time the options allow.
 A store without sockets (posix) is held to ``operation_timeout`` only,
 checked between requests: a file-system call cannot be interrupted.
 """
+import os
 import socket
 import struct
 import sys
@@ -77,6 +78,28 @@ def _tcp_bytes(sock: socket.socket) -> Optional[int]:
     acked, received = _TCP_INFO_BYTES.unpack_from(info,
                                                   _TCP_INFO_BYTES_OFFSET)
     return acked + received
+
+
+def _break(sock) -> None:
+    """Shut a connection down under the thread blocked on it.
+
+    Through a duplicate of its descriptor: the same connection, whatever
+    wraps it (an SSLSocket's own shutdown would drop its TLS state under
+    the reader; eventlet's GreenSocket has no class-level shutdown).
+    """
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        duplicate = socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError):
+        return
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        duplicate.close()
 
 
 def _raw_socket(sock) -> Optional[socket.socket]:
@@ -217,12 +240,7 @@ class Transfer:
         """Record why and break the transfer's connections."""
         self.reason = reason
         for sock in self.sockets:
-            try:
-                # The base method on the raw descriptor: an SSLSocket's own
-                # shutdown would also drop its TLS state under the reader.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except (OSError, ValueError):
-                pass
+            _break(sock)
 
     def error(self) -> StorageTimedOut:
         return StorageTimedOut(operation=self.operation, target=self.target,
@@ -259,12 +277,18 @@ class _Watchdog:
             with self._lock:
                 transfers = list(self._transfers)
             for transfer in transfers:
-                with transfer.lock:
-                    if transfer.reason is not None:
-                        continue
-                    reason = transfer.overdue(transfer.clock())
-                    if reason is not None:
-                        transfer.stop(reason)
+                try:
+                    with transfer.lock:
+                        if transfer.reason is not None:
+                            continue
+                        reason = transfer.overdue(transfer.clock())
+                        if reason is not None:
+                            transfer.stop(reason)
+                except Exception:
+                    # The watchdog must outlive any one transfer.
+                    LOG.exception('Could not check the storage request '
+                                  '%s of %s.', transfer.operation,
+                                  transfer.target)
 
 
 _watchdog = _Watchdog()
