@@ -134,9 +134,9 @@ class Limits:
 class Transfer:
     """One attempt of one storage operation, as the watchdog sees it.
 
-    Its clock starts at its first network event (a connect, a request
-    sent) and runs only while the caller is inside the store (not while
-    a consumer of a stream works on a chunk).
+    Its clock starts with its first HTTP request and runs only while the
+    caller is inside the store (not while a consumer of a stream works on
+    a chunk).
     """
 
     def __init__(self, store_name: str, operation: str, target: str,
@@ -153,6 +153,8 @@ class Transfer:
         self._baselines: List[Optional[int]] = []
         self.started: Optional[float] = None   # first network event
         self.inside = False
+        self._left: Optional[float] = None     # when the caller last left
+        self._outside = 0.0                    # seconds spent outside
         self.reason: Optional[str] = None      # why it was stopped
         self._window_start = 0.0
         self._window_bytes = 0
@@ -188,13 +190,18 @@ class Transfer:
         with self.lock:
             self.inside = True
             if self.started is not None:
-                # A fresh window: the consumer's time was not the link's.
-                self._window_start = self.clock()
+                # The consumer's time was not the link's: not counted, and
+                # a fresh window for the rate.
+                now = self.clock()
+                if self._left is not None:
+                    self._outside += now - self._left
+                self._window_start = now
                 self._window_bytes = self.moved()
 
     def leave(self) -> None:
         with self.lock:
             self.inside = False
+            self._left = self.clock()
 
     def _option(self, name: str) -> str:
         return '[%s] %s' % (OPTION_GROUP, name)
@@ -211,7 +218,8 @@ class Transfer:
         if self.started is None or not self.inside:
             return None
         if limits.request_timeout and \
-                now - self.started >= limits.request_timeout:
+                now - self.started - self._outside >= \
+                limits.request_timeout:
             return ('%s did not finish the request within %s = %gs; raise '
                     'it for large objects on slow links'
                     % (self.store_name,

@@ -62,6 +62,20 @@ class HttpStore(base.ObjectStore):
         finally:
             conn.close()
 
+    def get_stream(self, container, name, extra_metadata=None,
+                   chunk_size=base.DEFAULT_CHUNK_SIZE):
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=30)
+        try:
+            conn.request('GET', '/%s/%s' % (container, name))
+            response = conn.getresponse()
+            while True:
+                chunk = response.read(chunk_size)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            conn.close()
+
 
 @pytest.fixture
 def server():
@@ -120,6 +134,20 @@ def test_a_slow_steady_answer_finishes(server):
         deadline.Limits(request_timeout=30, min_rate=50 * 1000,
                         min_rate_time=0.5))
     assert len(store.get('c', 'o')) == 400 * 1000
+
+
+def test_a_slow_consumer_of_a_stream_is_not_the_links_fault(server):
+    # The answer arrives at once; the consumer takes 2.4 s over it.
+    port = server(40 * 1000, 0)
+    store = deadline.DeadlineStore(
+        HttpStore(port), 'teststore',
+        deadline.Limits(request_timeout=1.0, min_rate=50 * 1000,
+                        min_rate_time=0.5))
+    received = 0
+    for chunk in store.get_stream('c', 'o', chunk_size=10 * 1000):
+        received += len(chunk)
+        time.sleep(0.6)
+    assert received == 40 * 1000
 
 
 class SlowLocalStore(base.ObjectStore):
