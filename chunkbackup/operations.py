@@ -207,10 +207,17 @@ def _create_backup(session, path, source, incremental, name, description,
     if incremental:
         parent = api.latest_available(session, volume_id, dname)
         if parent is None:
+            hint = ''
+            if sources.is_nbd_url(path):
+                # libvirt and qemu-nbd sockets change from run to run.
+                hint = (', or give every backup of this disk the same '
+                        '--volume-id (an NBD URL is a new volume when its '
+                        'socket or port changes)')
             raise OperationError(
                 reason='no available backup of volume %s (%s) to be the '
                        'parent of an incremental; make a full backup '
-                       'first (leave out --incremental)' % (volume_id, path))
+                       'first (leave out --incremental)%s' % (volume_id,
+                                                              path, hint))
     changed = _changed_extents(source, changed_extents, dirty_bitmap)
     if source.size == 0:
         LOG.warning('Volume %s is 0 bytes long: the backup will hold no '
