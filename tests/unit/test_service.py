@@ -364,6 +364,50 @@ def test_schedule_chooses_full_every_nth(tmp_path, session):
     assert ''.join(kinds) == 'FIIFIIF'
 
 
+def test_config_schedules_take_changed_block_maps(tmp_path):
+    conf, _ = _conf(tmp_path, '[schedule:vm]\n'
+                              'volume = nbd+unix:///vda?socket=/run/s\n'
+                              'interval = 60\ndirty_bitmap = b1\n'
+                              '[schedule:img]\nvolume = /v/a.img\n'
+                              'interval = 60\n'
+                              'changed_extents = /v/a.map\n')
+    specs = {s.name: s for s in schedules.config_schedules(conf)}
+    # An NBD URL is kept as it is, not made into a path.
+    assert (specs['vm'].volume, specs['vm'].dirty_bitmap) == (
+        'nbd+unix:///vda?socket=/run/s', 'b1')
+    assert specs['img'].changed_extents == '/v/a.map'
+
+
+def test_scheduled_incrementals_use_the_changed_extents_file(tmp_path,
+                                                             session):
+    volume = _volume(tmp_path)
+    map_path = tmp_path / 'changes.json'
+    spec = schedules.ScheduleSpec('s', volume, 1, full_every=9,
+                                  retain_full=9,
+                                  changed_extents=str(map_path))
+    svc = runner.BackupService()
+    svc.catalog = types.SimpleNamespace(session=lambda: session)
+    made = []
+    for offset in (None, 4096, 8192):
+        if offset is not None:
+            with open(volume, 'r+b') as f:
+                f.seek(offset)
+                f.write(os.urandom(100))
+            # The first incremental runs before any map exists: it reads
+            # everything; the next one reads what the map names.
+            if offset == 8192:
+                map_path.write_text('[[8192, 100]]')
+        op = runner.Operation('test', None)
+        svc._scheduled_backup_runner(spec)(session, op)
+        made.append(api.get_backup(session, op.backup_id))
+    full, first, second = made
+    assert full.parent_id is None and full.stats['changed_map'] is None
+    assert first.parent_id == full.id and first.stats['changed_map'] is None
+    assert second.parent_id == first.id
+    assert second.stats['changed_map'] == 'used'
+    assert second.stats['bytes_read'] < first.stats['bytes_read']
+
+
 def test_catalog_schedules_are_claimed_once(tmp_path, catalog):
     s1 = catalog.session()
     s1.add(models.Schedule(name='nightly', volume_path='/v/a.img',
