@@ -383,9 +383,13 @@ class DeadlineStore(base.ForwardingStore):
         finally:
             transfer.leave()
             _local.transfer = outer
+        if transfer.reason is None and \
+                transfer.operation_deadline is not None and \
+                self.clock() >= transfer.operation_deadline:
+            # Finished past the operation's deadline, before the watchdog
+            # looked (or with no socket to break: a file system).
+            transfer.reason = transfer.overdue(self.clock())
         if transfer.reason is not None:
-            # Finished, but past the operation's deadline (no socket to
-            # break: a file system), or in the moment it was stopped.
             self._spent(transfer)
             raise transfer.error()
         return result

@@ -60,7 +60,9 @@ def proxy(store):
 def _cli(tmp_path, store, proxy, **engine):
     name, _upstream, lines = store
     cli = Cli(tmp_path)
+    # Four objects, all in flight at once: one round of stalled puts.
     engine = dict({'driver': name, 'sha_block_size': 16384,
+                   'objects_in_flight': 4,
                    'storage_retry_backoff': 0.01,
                    'storage_retry_max_delay': 0.05,
                    'cancel_check_interval': 0}, **engine)
@@ -71,7 +73,7 @@ def _cli(tmp_path, store, proxy, **engine):
     return cli
 
 
-def _volume(tmp_path, size=MiB):
+def _volume(tmp_path, size=4 * 131072):
     path = str(tmp_path / 'disk.img')
     volumes.write_volume(path, size, 'random', seed=7)
     return path
