@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from chunkbackup import compression
 from chunkbackup import exception
@@ -101,7 +101,7 @@ class Metadata:
     extra_metadata: object = None
 
     def to_json(self) -> dict:
-        doc = {
+        doc: Dict[str, Any] = {
             'version': VERSION,
             'backup_id': self.backup_id,
             'volume_id': self.volume_id,
@@ -202,8 +202,8 @@ class _Checker:
         return self.key(doc, key, types, nullable=True)
 
 
-def parse_metadata(body, backup_id: Optional[str],
-                   object_name: str) -> Metadata:
+def parse_metadata(body: Union[bytes, bytearray, memoryview],
+                   backup_id: Optional[str], object_name: str) -> Metadata:
     """Parse and check a ``_metadata`` document (raises InvalidBackup).
 
     ``backup_id`` is the backup it must belong to; None accepts the one it
@@ -237,6 +237,7 @@ def parse_metadata(body, backup_id: Optional[str],
         for key, value in (('offset', offset), ('length', length)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise check.fail(where + '%s is not an integer' % key)
+        assert isinstance(offset, int) and isinstance(length, int)
         if offset < 0 or offset > MAX_VOLUME_SIZE:
             raise check.fail(where + 'offset %d is out of range' % offset)
         if length <= 0 or length > MAX_OBJECT_LENGTH:
@@ -266,7 +267,8 @@ def parse_metadata(body, backup_id: Optional[str],
         extra_metadata=doc.get('extra_metadata'))
 
 
-def parse_sha256file(body, backup_id: str, object_name: str) -> ShaFile:
+def parse_sha256file(body: Union[bytes, bytearray, memoryview], backup_id: str,
+                     object_name: str) -> ShaFile:
     """Parse and check a ``_sha256file`` document (raises InvalidBackup)."""
     check = _Checker(backup_id, object_name)
     doc = check.load(body)

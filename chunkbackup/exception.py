@@ -4,6 +4,7 @@ Every error carries a message that says what is wrong and, where it can, what
 to do about it. Messages are built from ``msg_fmt`` and keyword arguments, as
 in other OpenStack projects, so callers pass facts rather than prose.
 """
+from typing import Any, Optional
 
 
 class ChunkBackupError(Exception):
@@ -11,7 +12,8 @@ class ChunkBackupError(Exception):
 
     msg_fmt = "An unknown error occurred."
 
-    def __init__(self, message: str = None, **kwargs):
+    def __init__(self, message: Optional[str] = None,
+                 **kwargs: Any) -> None:
         self.kwargs = kwargs
         if message is None:
             try:

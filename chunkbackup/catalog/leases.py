@@ -60,6 +60,7 @@ def expiry(now: Optional[datetime.datetime] = None
         seconds=_lease_seconds)
 
 
-def unexpired(column, now: Optional[datetime.datetime] = None):
+def unexpired(column: sa.ColumnElement,
+              now: Optional[datetime.datetime] = None) -> sa.ColumnElement:
     """SQL: the lease in ``column`` is absent (CLI) or still running."""
     return sa.or_(column.is_(None), column > (now or models.utcnow()))
