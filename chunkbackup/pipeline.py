@@ -68,8 +68,8 @@ class Window:
         self.pending: Dict[concurrent.futures.Future, int] = {}
         self.pending_bytes = 0
 
-    def _collect(self, return_when):
-        done, _ = concurrent.futures.wait(self.pending,
+    def _collect(self, return_when, timeout=None):
+        done, _ = concurrent.futures.wait(self.pending, timeout=timeout,
                                           return_when=return_when)
         for future in done:
             self.pending_bytes -= self.pending.pop(future)
@@ -85,6 +85,10 @@ class Window:
     def add(self, future: concurrent.futures.Future, nbytes: int = 0) -> None:
         self.pending[future] = nbytes
         self.pending_bytes += nbytes
+        # A failure stops the work at once: nothing more is handed out
+        # after one write failed (against a stalled store each would
+        # cost a whole deadline), and cancel() reaches this one too.
+        self._collect(concurrent.futures.FIRST_EXCEPTION, timeout=0)
         while self._full():
             self._collect(concurrent.futures.FIRST_COMPLETED)
 
