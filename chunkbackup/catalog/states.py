@@ -206,11 +206,13 @@ def fail_backup(session: orm.Session, record: models.Backup,
     failed (another operation took it).
     """
     session.rollback()
-    # A worker's record is failed only by its holder: one taken over is
-    # the taker's to end.
+    # A worker's record is failed only by its holder while its lease
+    # runs: once it lapsed, the worker taking it over ends it.
     allowed = sa.and_(_status_in(CREATING, DELETING, ERROR),
                       sa.or_(models.Backup.lease_expires_at.is_(None),
-                             models.Backup.owner == owner_id()))
+                             sa.and_(models.Backup.owner == owner_id(),
+                                     models.Backup.lease_expires_at >
+                                     models.utcnow())))
     try:
         _transition(session, record, 'fail', allowed, status=ERROR,
                     fail_reason=_reason(error), owner=None,
@@ -543,7 +545,8 @@ def clean_up_backup(session: orm.Session, record: models.Backup,
             .where(models.Backup.id == record.id,
                    models.Backup.status == ERROR,
                    models.Backup.owner == owner)
-            .values(owner=None, lease_expires_at=None)
+            # An expired lease stays: the lapsed holder must not end it.
+            .values(owner=None)
             .execution_options(synchronize_session=False))
         session.commit()
         orm.attributes.set_committed_value(record, 'owner', None)

@@ -234,6 +234,37 @@ def claim_job(session: orm.Session, owner: str,
     return None
 
 
+def still_held(session: orm.Session, owner: str, backup_id: str,
+               job_id: Optional[int], attempts: int,
+               volume_id: Optional[str]) -> bool:
+    """Whether this run still holds its job and volume; link the backup.
+
+    Checked as a backup begins: a worker paused past its lease before
+    that finds its job re-queued (or run by another) and its volume gone.
+    """
+    now = models.utcnow()
+    held = True
+    if job_id is not None:
+        held = session.execute(
+            sa.update(models.Job)
+            .where(models.Job.id == job_id,
+                   models.Job.status == states.RUNNING,
+                   models.Job.owner == owner,
+                   models.Job.attempts == attempts,
+                   leases.unexpired(models.Job.lease_expires_at, now))
+            .values(backup_id=backup_id)
+            .execution_options(synchronize_session=False)).rowcount == 1
+    if held and volume_id:
+        held = session.scalar(
+            sa.select(sa.func.count()).select_from(models.VolumeLock)
+            .where(models.VolumeLock.volume_id == volume_id,
+                   models.VolumeLock.owner == owner,
+                   leases.unexpired(models.VolumeLock.lease_expires_at,
+                                    now))) == 1
+    session.commit()
+    return held
+
+
 def queue_depth(session: orm.Session) -> int:
     depth = session.scalar(sa.select(sa.func.count())
                            .select_from(models.Job)
@@ -274,8 +305,13 @@ def take_over_expired(session: orm.Session,
     session.commit()
     for record in expired_backups:
         gone = 'whose lease expired at %s' % record.lease_expires_at
+        was = record.status
         ended = states.clean_up_backup(session, record, remove_objects,
                                        gone=gone)
+        if was not in states.BUSY_STATUSES:
+            # An error whose objects an earlier takeover (here or in
+            # another worker) was still removing: not a takeover again.
+            continue
         if ended == states.ERROR:
             result.backups.append(record.id)
         elif ended == states.AVAILABLE:
@@ -304,7 +340,8 @@ def _take_over_job(session, job, job_attempts, result) -> None:
              % (job.owner, attempts, job_attempts))
     if made == states.AVAILABLE:
         values = dict(status=states.DONE, finished_at=models.utcnow(),
-                      error=None)
+                      error='done: its backup became available before %s'
+                            % lapse)
         outcome = result.done
     elif attempts < job_attempts:
         values = dict(status=states.QUEUED, owner=None, started_at=None,

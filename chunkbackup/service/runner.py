@@ -72,6 +72,8 @@ class Operation:
         # The volume this operation holds (workers.lock_volume).
         self.volume_lock: Optional[str] = None
         self.kind = 'backup'
+        # The run of the job (jobs.attempts when it was claimed).
+        self.attempts = 0
         self.cancel_requested = False
         # Set when the shutdown gave up waiting and recorded its end.
         self.abandoned = False
@@ -313,6 +315,7 @@ class BackupService(ServiceBase):
                                                         job.attempts),
                                self._job_runner(job.id), job_id=job.id)
                 op.volume_lock = job.volume_lock
+                op.attempts = job.attempts
                 self._start(op)
                 free -= 1
         finally:
@@ -453,8 +456,15 @@ class BackupService(ServiceBase):
             with op.lock:
                 op.backup_id = record.id
                 cancelled = op.cancel_requested
-            if op.job_id is not None:
-                states.link_job_backup(session, op.job_id, record.id)
+            if not workers.still_held(session, self._me, record.id,
+                                      op.job_id, op.attempts,
+                                      op.volume_lock):
+                # Paused past the lease before the backup began: the
+                # job or volume went to another worker.
+                lost = leases.LeaseLost(what='backup %s' % record.id,
+                                        owner=self._me)
+                states.fail_backup(session, record, lost)
+                raise lost
             if cancelled:
                 _request_cancel(self.catalog, record.id)
         return created

@@ -13,6 +13,7 @@ import time
 from typing import Optional
 
 from chunkbackup.drivers import posix
+from chunkbackup.drivers import s3
 from chunkbackup import storage
 
 DELAY_ENV = 'CHUNKBACKUP_TEST_PUT_DELAY'
@@ -38,6 +39,16 @@ class DelayingStore(storage.ForwardingStore):
 
 
 class SlowPosixBackupDriver(posix.PosixBackupDriver):
+
+    def wrap_store(self, store: storage.ObjectStore) -> storage.ObjectStore:
+        delay = float(os.environ.get(DELAY_ENV) or 0)
+        return DelayingStore(store, delay) if delay > 0 else store
+
+
+class SlowS3BackupDriver(s3.S3BackupDriver):
+    """The S3 driver with the same pause before each put."""
+
+    store_name = 's3'  # in messages and metrics
 
     def wrap_store(self, store: storage.ObjectStore) -> storage.ObjectStore:
         delay = float(os.environ.get(DELAY_ENV) or 0)
