@@ -7,17 +7,13 @@ of every layer, Cinder's configurations (tiny SHA blocks, containers,
 Swift's catalog and service tokens), backups without a _sha256file, and
 the migration of a cinder.conf (``chunkbackup cinder-options``).
 """
-import http.client
-import http.server
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 
 from cinder import exception as cinder_exception
 from cinder.objects import fields
@@ -344,27 +340,28 @@ def _backup_restore(driver, record, data):
     assert out.getvalue() == data
 
 
-class _RecordingProxy(http.server.ThreadingHTTPServer):
-    """Forwards to Swift; records the X-Service-Token of each request."""
+# A forwarding HTTP proxy that records the X-Service-Token of each request.
+# It runs in a process of its own: this one is set up as cinder-backup, and
+# a server thread here would share its patched sockets.
+_PROXY = r'''
+import http.client, http.server, sys, urllib.parse
+upstream = urllib.parse.urlsplit(sys.argv[1])
+record = open(sys.argv[2], 'a')
 
-    def __init__(self, upstream):
-        self.upstream = urllib.parse.urlsplit(upstream)
-        self.tokens = []
-        super().__init__(('127.0.0.1', 0), _ProxyHandler)
 
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
 
     def log_message(self, *args):
         pass
 
-    def _forward(self):
-        self.server.tokens.append(self.headers.get('X-Service-Token'))
+    def forward(self):
+        record.write('%s\n' % self.headers.get('X-Service-Token'))
+        record.flush()
         length = int(self.headers.get('Content-Length') or 0)
         body = self.rfile.read(length) if length else None
-        up = self.server.upstream
-        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+        conn = http.client.HTTPConnection(upstream.hostname, upstream.port,
+                                          timeout=30)
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ('host', 'connection')}
         conn.request(self.command, self.path, body, headers)
@@ -381,16 +378,24 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
         conn.close()
 
-    do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
+    do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
+
+
+server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+'''
 
 
 def test_swift_service_token_in_per_user_mode(cloud, cinder_setup, overrides,
                                               swift_server, tmp_path):
     token, storage_url = test_readme.swift_token(swift_server)
     prefix, account = storage_url.rsplit('/AUTH_', 1)
-    proxy = _RecordingProxy(prefix)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
+    record = tmp_path / 'service-tokens'
+    proxy = subprocess.Popen([sys.executable, '-c', _PROXY, prefix,
+                              str(record)], stdout=subprocess.PIPE,
+                             text=True)
+    port = int(proxy.stdout.readline())
     extra = conftest.write_conf(str(tmp_path / 'service-user.conf'), {
         'service_user': {'send_service_user_token': 'true',
                          'auth_type': 'admin_token',
@@ -402,8 +407,8 @@ def test_swift_service_token_in_per_user_mode(cloud, cinder_setup, overrides,
         service_auth._SERVICE_SESSION = None
         overrides('auth_mode', 'per_user', 'backup_swift')
         overrides('service_auth', True, 'backup_swift')
-        overrides('url', 'http://127.0.0.1:%d/v1/AUTH_'
-                  % proxy.server_address[1], 'backup_swift')
+        overrides('url', 'http://127.0.0.1:%d/v1/AUTH_' % port,
+                  'backup_swift')
         overrides('container', 'dropin-service-token', 'backup_swift')
         overrides('object_size', OBJECT, 'backup_swift')
         ctxt = conftest.request_context(project_id=account, auth_token=token)
@@ -411,11 +416,13 @@ def test_swift_service_token_in_per_user_mode(cloud, cinder_setup, overrides,
         driver.check_for_setup_error()
         _backup_restore(driver, _Record('dropin-service-token'),
                         conftest.random_volume(2 * OBJECT, seed=30))
-        user_requests = [t for t in proxy.tokens[1:]]
-        assert user_requests and set(user_requests) == {'service-token-16'}
+        # Every request after the endpoint check (GET /info) carries it.
+        tokens = record.read_text().splitlines()
+        assert len(tokens) > 4
+        assert set(tokens[1:]) == {'service-token-16'}
     finally:
-        proxy.shutdown()
-        proxy.server_close()
+        proxy.terminate()
+        proxy.wait()
         cinder_setup.load()
         service_auth.reset_globals()
         service_auth._SERVICE_SESSION = None
