@@ -13,11 +13,13 @@ blocks whose digest differs from the parent's (past the parent's end, from
 zeros). Whatever was skipped, every backup stores an object that reaches
 the volume's end, so readers derive the volume size from the objects.
 """
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import (Any, Dict, List, Optional, Sequence, Tuple, TYPE_CHECKING,
+                    Union)
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import checksums
@@ -26,6 +28,12 @@ from chunkbackup.engine import blockmap
 from chunkbackup.engine import documents
 from chunkbackup.engine import sources
 from chunkbackup import pipeline
+
+if TYPE_CHECKING:
+    from chunkbackup.chunked import Run
+    from chunkbackup.compression import Compressor
+    from chunkbackup.engine.options import EngineOptions
+    from chunkbackup.storage.base import ObjectStore
 
 # Blocks in one bulk item of holes or map-vouched blocks: 512 MiB of a
 # volume at the default block size, 512 KiB of digests.
@@ -73,7 +81,8 @@ class Zeros:
     and compression, and still become ordinary objects Cinder restores.
     """
 
-    def __init__(self, block_size: int, piece_size: int, compressor):
+    def __init__(self, block_size: int, piece_size: int,
+                 compressor: 'Compressor') -> None:
         self.block_size = block_size
         self.piece = bytes(piece_size)
         self.view = memoryview(self.piece)
@@ -83,7 +92,7 @@ class Zeros:
         self._encoded: Dict[int, Tuple[str, bytes, str]] = {}
         self._lock = concurrency.native_lock()
 
-    def is_zero(self, data) -> bool:
+    def is_zero(self, data: Union[bytes, memoryview]) -> bool:
         return len(data) <= len(self.piece) and self.piece.startswith(data)
 
     @functools.lru_cache(maxsize=16)
@@ -141,7 +150,8 @@ class BufferPool:
             self._free.append(buffer)
             self._cond.notify()
 
-    def give_after(self, buffer: Optional[bytearray], futures) -> None:
+    def give_after(self, buffer: Optional[bytearray],
+                   futures: Sequence[concurrent.futures.Future]) -> None:
         """Give ``buffer`` back once ``futures`` (its raw writes) are done."""
         if buffer is None:
             return
@@ -196,7 +206,8 @@ class _Result:
 class BackupWriter:
     """Writes one backup's data objects and builds its block map."""
 
-    def __init__(self, store, options, compressor, zeros: Zeros):
+    def __init__(self, store: 'ObjectStore', options: 'EngineOptions',
+                 compressor: 'Compressor', zeros: Zeros) -> None:
         self.store = store
         self.options = options
         self.compressor = compressor
@@ -206,8 +217,10 @@ class BackupWriter:
         # The objects stored so far, in order (progress reports list them).
         self.entries: List[fmt.ObjectEntry] = []
 
-    def write(self, location: documents.Location, source, segments,
-              parent: Optional[Parent], extra_metadata, run, stats
+    def write(self, location: documents.Location,
+              source: sources.VolumeSource, segments: List[sources.Segment],
+              parent: Optional[Parent], extra_metadata: Optional[dict],
+              run: 'Run', stats: BackupStats
               ) -> Tuple[List[fmt.ObjectEntry], blockmap.BlockMap]:
         """Store the volume's objects; return their entries and the map."""
         self.size = source.size

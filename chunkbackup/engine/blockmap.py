@@ -68,7 +68,7 @@ class BlockMap:
     def spilled(self) -> bool:
         return self._fd is not None
 
-    def append(self, digests) -> None:
+    def append(self, digests: bytes) -> None:
         tail = self._tail
         tail += digests
         if len(tail) < PAGE_BYTES:

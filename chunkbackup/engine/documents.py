@@ -5,7 +5,7 @@ layout); ``load_chain`` reads and checks the ``_metadata`` of a backup and
 its ancestors; block maps are streamed to and from ``_sha256file``.
 """
 import dataclasses
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, TYPE_CHECKING
 
 from oslo_log import log as logging
 
@@ -14,6 +14,11 @@ from chunkbackup import concurrency
 from chunkbackup.engine import blockmap
 from chunkbackup import exception
 from chunkbackup import pipeline
+from chunkbackup.records import BackupLike
+
+if TYPE_CHECKING:
+    from chunkbackup.engine.options import EngineOptions
+    from chunkbackup.storage.base import ObjectStore
 
 LOG = logging.getLogger(__name__)
 
@@ -75,7 +80,8 @@ def _missing(backup, location, name, why):
         reason='%s does not exist%s' % (name, why))
 
 
-def read_metadata(store, backup, location: Location) -> fmt.Metadata:
+def read_metadata(store: 'ObjectStore', backup: BackupLike,
+                  location: Location) -> fmt.Metadata:
     try:
         body = store.get(location.container, location.metadata)
     except exception.StorageObjectNotFound:
@@ -84,7 +90,8 @@ def read_metadata(store, backup, location: Location) -> fmt.Metadata:
     return fmt.parse_metadata(body, backup.id, location.metadata)
 
 
-def read_block_map(store, backup, location: Location, memory_budget: int,
+def read_block_map(store: 'ObjectStore', backup: BackupLike,
+                   location: Location, memory_budget: int,
                    temp_dir: Optional[str], missing_ok: bool = False
                    ) -> Optional[blockmap.BlockMap]:
     """The backup's ``_sha256file``, streamed into a block map.
@@ -103,11 +110,12 @@ def read_block_map(store, backup, location: Location, memory_budget: int,
         raise _missing(backup, location, location.sha256file, '')
 
 
-def load_chain(store, backup, check_listing: bool) -> List[Layer]:
+def load_chain(store: 'ObjectStore', backup: BackupLike,
+               check_listing: bool) -> List[Layer]:
     """The backup's chain, root (full) first, every document checked."""
     layers = []
     seen = set()
-    record = backup
+    record: Optional[BackupLike] = backup
     while record is not None:
         if record.id in seen:
             raise exception.InvalidBackup(
@@ -124,7 +132,7 @@ def load_chain(store, backup, check_listing: bool) -> List[Layer]:
         if check_listing:
             _check_listing(store, record, location, metadata)
         layers.append(Layer(record, location, metadata))
-        parent = None
+        parent: Optional[BackupLike] = None
         if record.parent_id:
             parent = getattr(record, 'parent', None)
             if parent is None:
@@ -153,7 +161,8 @@ def _listing(store, record, location, metadata):
     return names, expected
 
 
-def missing_objects(store, layer: Layer) -> List[fmt.ObjectEntry]:
+def missing_objects(store: 'ObjectStore',
+                    layer: Layer) -> List[fmt.ObjectEntry]:
     """The entries of a layer's ``_metadata`` that the store lacks."""
     names, expected = _listing(store, layer.backup, layer.location,
                                layer.metadata)
@@ -177,7 +186,7 @@ def _check_listing(store, record, location, metadata):
                      'id': record.id, 'e': sorted(extra)[0]})
 
 
-def common_fields(backup) -> dict:
+def common_fields(backup: BackupLike) -> dict:
     """The keys ``_metadata`` and ``_sha256file`` share."""
     return {
         'backup_id': backup.id,
@@ -188,10 +197,12 @@ def common_fields(backup) -> dict:
     }
 
 
-def write_documents(store, backup, location: Location,
+def write_documents(store: 'ObjectStore', backup: BackupLike,
+                    location: Location,
                     entries: List[fmt.ObjectEntry],
                     block_map: blockmap.BlockMap, volume_meta: Optional[str],
-                    extra_metadata, flush: Callable[[], None],
+                    extra_metadata: Optional[dict],
+                    flush: Callable[[], None],
                     check_cancel: Optional[Callable[[], None]] = None
                     ) -> None:
     """``_sha256file`` then ``_metadata``, each made durable in turn.
@@ -214,7 +225,8 @@ def write_documents(store, backup, location: Location,
     flush()
 
 
-def delete_objects(store, container: str, prefix: str, options) -> int:
+def delete_objects(store: 'ObjectStore', container: str, prefix: str,
+                   options: 'EngineOptions') -> int:
     """Delete every object with the prefix; return how many there were.
 
     ``_metadata`` goes first, so an interrupted delete never leaves a

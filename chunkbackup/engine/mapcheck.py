@@ -18,9 +18,11 @@ import dataclasses
 import hashlib
 import math
 import random
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import concurrency
+from chunkbackup.engine import blockmap
 from chunkbackup.engine import sources
 from chunkbackup import pipeline
 
@@ -36,7 +38,7 @@ class Verdict:
     bytes_read: int = 0
 
 
-def sample_blocks(segments, fraction: float,
+def sample_blocks(segments: Iterable[sources.Segment], fraction: float,
                   rng: random.Random) -> Iterator[int]:
     """Block numbers drawn with probability ``fraction``, in order.
 
@@ -61,10 +63,11 @@ def sample_blocks(segments, fraction: float,
             yield block
 
 
-def check(source, segments: List[sources.Segment],
-          unchanged_holes: List[Tuple[int, int]], parent_map, size: int,
-          parent_size: int,
-          fraction: float, pools, rng: Optional[random.Random] = None
+def check(source: sources.VolumeSource, segments: List[sources.Segment],
+          unchanged_holes: List[Tuple[int, int]],
+          parent_map: blockmap.BlockMap, size: int, parent_size: int,
+          fraction: float, pools: concurrency.Executors,
+          rng: Optional[random.Random] = None
           ) -> Verdict:
     """Whether the map behind ``segments`` can be trusted (see module)."""
     bs = parent_map.block_size

@@ -5,8 +5,9 @@ an ``EngineOptions`` from ``[chunkbackup]`` and the driver's object size,
 so tests and other callers pass plain values.
 """
 import dataclasses
-from typing import Optional
+from typing import Optional, Set
 
+from oslo_config import cfg
 from oslo_log import log as logging
 
 from chunkbackup import compression
@@ -16,7 +17,7 @@ from chunkbackup import opts
 
 LOG = logging.getLogger(__name__)
 SLOW_SHA_BLOCK_SIZE = opts.SLOW_SHA_BLOCK_SIZE
-_WARNED = set()
+_WARNED: Set[int] = set()  # sha_block_size values already warned about
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ class EngineOptions:
                                 self.compression_level)
 
     @classmethod
-    def from_conf(cls, conf, object_size: int,
+    def from_conf(cls, conf: cfg.ConfigOpts.GroupAttr, object_size: int,
                   object_size_option: str = 'object_size'
                   ) -> 'EngineOptions':
         """From the ``[chunkbackup]`` group of an oslo.config object."""

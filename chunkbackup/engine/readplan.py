@@ -6,7 +6,7 @@ into segments of READ, HOLE and KNOWN blocks (``sources.classify``),
 checking the map first (``mapcheck``): a map that fails the check is
 dropped, and the backup reads every allocated block instead.
 """
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, TYPE_CHECKING
 
 from oslo_log import log as logging
 
@@ -17,12 +17,16 @@ from chunkbackup.engine import mapcheck
 from chunkbackup.engine.options import EngineOptions
 from chunkbackup.engine import sources
 from chunkbackup import exception
+from chunkbackup.records import BackupLike
+
+if TYPE_CHECKING:
+    from chunkbackup.storage.base import ObjectStore
 
 LOG = logging.getLogger(__name__)
 Range = Tuple[int, int]
 
 
-def load_parent(store, backup: Any, volume_size: int,
+def load_parent(store: 'ObjectStore', backup: BackupLike, volume_size: int,
                 options: EngineOptions) -> backup_writer.Parent:
     """The parent's block map and size, checked against this backup."""
     parent = getattr(backup, 'parent', None)

@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import stat
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TYPE_CHECKING, Union
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import checksums
@@ -21,6 +21,12 @@ from chunkbackup import concurrency
 from chunkbackup.engine import plan as restore_plan
 from chunkbackup import exception
 from chunkbackup import pipeline
+
+if TYPE_CHECKING:
+    from chunkbackup.chunked import Run
+    from chunkbackup.engine.options import EngineOptions
+    from chunkbackup import nbd
+    from chunkbackup.storage.base import ObjectStore
 
 # A bad object that verify found: (volume offset, object name, what is
 # wrong, whether it is missing).
@@ -33,7 +39,7 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 class Sink:
     """Where restored bytes go."""
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Union[bytes, memoryview]) -> None:
         raise NotImplementedError
 
     def zero(self, offset: int, length: int) -> None:
@@ -50,10 +56,10 @@ class Sink:
 class NullSink(Sink):
     """Verify: check everything, write nothing."""
 
-    def write(self, offset, data):
+    def write(self, offset: int, data: Union[bytes, memoryview]) -> None:
         pass
 
-    def zero(self, offset, length):
+    def zero(self, offset: int, length: int) -> None:
         pass
 
 
@@ -68,7 +74,8 @@ class FileSink(Sink):
     # Writeback is started after this many bytes, not left for the end.
     WRITEBACK_CHUNK = 64 * 2 ** 20
 
-    def __init__(self, volume_file, volume_is_new: bool, zero_buffer: bytes):
+    def __init__(self, volume_file: Any, volume_is_new: bool,
+                 zero_buffer: bytes) -> None:
         self.file = volume_file
         self.new = volume_is_new
         self.zeros = memoryview(zero_buffer)
@@ -77,7 +84,8 @@ class FileSink(Sink):
             os.fstat(self.fd).st_mode)
         self.can_punch = self.regular
         self.unflushed = 0
-        self.dirty = None  # [lo, hi) written since the last writeback
+        # [lo, hi) written since the last writeback
+        self.dirty: Optional[Tuple[int, int]] = None
 
     @staticmethod
     def _descriptor(volume_file):
@@ -88,7 +96,7 @@ class FileSink(Sink):
             return None  # not every volume file has a descriptor
         return fd if stat.S_ISREG(mode) or stat.S_ISBLK(mode) else None
 
-    def write(self, offset, data):
+    def write(self, offset: int, data: Union[bytes, memoryview]) -> None:
         self.file.seek(offset)
         self.file.write(data)
         if self.fd is None:
@@ -107,7 +115,7 @@ class FileSink(Sink):
             self.unflushed = 0
             self.dirty = None
 
-    def zero(self, offset, length):
+    def zero(self, offset: int, length: int) -> None:
         if self.new:
             return
         if self.can_punch:
@@ -121,7 +129,7 @@ class FileSink(Sink):
             offset += n
             length -= n
 
-    def finish(self, size):
+    def finish(self, size: int) -> None:
         self.file.flush()
         if self.fd is None:
             return
@@ -157,12 +165,13 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
 class RestoreExecutor:
     """Fetches, checks and writes what a plan says."""
 
-    def __init__(self, store, options):
+    def __init__(self, store: 'ObjectStore',
+                 options: 'EngineOptions') -> None:
         self.store = store
         self.options = options
 
     def execute(self, plan: restore_plan.RestorePlan, sink: Sink,
-                check_md5: bool, run,
+                check_md5: bool, run: 'Run',
                 problems: Optional[List[Problem]] = None) -> None:
         """Fetch, check and write; a bad object stops it.
 
@@ -242,7 +251,8 @@ def _corrupt(fetch, offset, reason):
         offset=offset, reason=reason)
 
 
-def check_blocks(plan, fetch, view, start: int, end: int) -> List[bool]:
+def check_blocks(plan: restore_plan.RestorePlan, fetch: restore_plan.Fetch,
+                 view: memoryview, start: int, end: int) -> List[bool]:
     """Check every block of [start, end) against the target's block map.
 
     Returns, per block, whether it is a zero block. Without a block map
@@ -283,8 +293,10 @@ def _zero_digest(length: int) -> bytes:
     return found
 
 
-def split_runs(view, base: int, start: int, end: int, zero_blocks,
-               block_size: int, data_runs, zero_runs) -> None:
+def split_runs(view: memoryview, base: int, start: int, end: int,
+               zero_blocks: List[bool], block_size: int,
+               data_runs: List[Tuple[int, memoryview]],
+               zero_runs: List[Tuple[int, int]]) -> None:
     """Cut [start, end) into data runs (views) and zero runs."""
     run_start = start
     run_zero = None
@@ -309,7 +321,8 @@ def _emit(view, base, start, end, zero, data_runs, zero_runs):
 class NbdSink(Sink):
     """Restore into an NBD export; zeros become WRITE_ZEROES (punched)."""
 
-    def __init__(self, url: str, volume_is_new: bool, client=None):
+    def __init__(self, url: str, volume_is_new: bool,
+                 client: Optional['nbd.NbdClient'] = None) -> None:
         from chunkbackup import nbd
         self.url = url
         self.client = client or nbd.NbdClient.connect(url, writable=True)
@@ -319,14 +332,14 @@ class NbdSink(Sink):
     def size(self) -> int:
         return self.client.size
 
-    def write(self, offset, data):
+    def write(self, offset: int, data: Union[bytes, memoryview]) -> None:
         self.client.pwrite(data, offset)
 
-    def zero(self, offset, length):
+    def zero(self, offset: int, length: int) -> None:
         if not self.new:
             self.client.write_zeroes(offset, length, punch=True)
 
-    def prepare(self, size):
+    def prepare(self, size: int) -> None:
         if self.client.size < size:
             raise exception.NbdError(
                 url=self.url,
@@ -334,7 +347,7 @@ class NbdSink(Sink):
                        'of the backup; restore to an export at least that '
                        'large' % (self.client.size, size))
 
-    def finish(self, size):
+    def finish(self, size: int) -> None:
         self.client.flush()
 
     def close(self) -> None:

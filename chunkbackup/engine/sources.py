@@ -14,9 +14,13 @@ import dataclasses
 import errno
 import os
 import stat
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import (Any, Callable, Iterable, Iterator, List, Optional,
+                    Sequence, Tuple, TYPE_CHECKING)
 
 from chunkbackup import exception
+
+if TYPE_CHECKING:
+    from chunkbackup import nbd
 
 Range = Tuple[int, int]  # [start, end) in bytes
 
@@ -25,7 +29,7 @@ HOLE = 'hole'
 KNOWN = 'known'
 
 
-def volume_size_of(volume_file) -> int:
+def volume_size_of(volume_file: Any) -> int:
     """The size of a volume, from the file object itself.
 
     Block devices report 0 in stat, but seek to their end.
@@ -37,8 +41,9 @@ def volume_size_of(volume_file) -> int:
     return size
 
 
-def descriptor_of(volume_file, kinds=(stat.S_ISREG, stat.S_ISBLK)
-                  ) -> Optional[int]:
+def descriptor_of(volume_file: Any,
+                  kinds: Sequence[Callable[[int], bool]] = (
+                      stat.S_ISREG, stat.S_ISBLK)) -> Optional[int]:
     """The descriptor behind a volume file object, if it is of ``kinds``.
 
     Works through eventlet's tpool proxy (its ``fileno`` is proxied).
@@ -82,7 +87,7 @@ class VolumeSource:
         """Ranges that may hold data, in order; None when unknown."""
         return None
 
-    def read_into(self, offset: int, buffer) -> int:
+    def read_into(self, offset: int, buffer: memoryview) -> int:
         """Fill ``buffer`` from ``offset``; fewer bytes only at the end."""
         raise NotImplementedError
 
@@ -96,7 +101,7 @@ class FileSource(VolumeSource):
     parallel_reads = True
 
     def __init__(self, fd: int, size: int, skip_holes: bool,
-                 file_object=None, owns_file: bool = False):
+                 file_object: Any = None, owns_file: bool = False) -> None:
         # The file object owns the descriptor: keep it alive (and close
         # it with the source when the source opened it).
         self.file_object = file_object
@@ -116,7 +121,7 @@ class FileSource(VolumeSource):
         if self.owns_file and self.file_object is not None:
             self.file_object.close()
 
-    def read_into(self, offset, buffer):
+    def read_into(self, offset: int, buffer: memoryview) -> int:
         view = memoryview(buffer)
         filled = 0
         while filled < len(view):
@@ -152,7 +157,8 @@ class StreamSource(VolumeSource):
 
     description = 'file object'
 
-    def __init__(self, volume_file, size: int, owns_file: bool = False):
+    def __init__(self, volume_file: Any, size: int,
+                 owns_file: bool = False) -> None:
         self.file = volume_file
         self.size = size
         self.owns_file = owns_file
@@ -162,7 +168,7 @@ class StreamSource(VolumeSource):
         if self.owns_file:
             self.file.close()
 
-    def read_into(self, offset, buffer):
+    def read_into(self, offset: int, buffer: memoryview) -> int:
         if self.position != offset:
             self.file.seek(offset)
         view = memoryview(buffer)
@@ -182,7 +188,7 @@ class StreamSource(VolumeSource):
         return filled
 
 
-def open_source(volume_file, skip_holes: bool,
+def open_source(volume_file: Any, skip_holes: bool,
                 owns_file: bool = False) -> VolumeSource:
     """The source of a volume file object (Cinder's or the CLI's).
 
@@ -312,7 +318,8 @@ class NbdSource(VolumeSource):
     parallel_reads = True  # the client serialises requests itself
 
     def __init__(self, url: str, skip_holes: bool = True,
-                 dirty_bitmap: Optional[str] = None, client=None):
+                 dirty_bitmap: Optional[str] = None,
+                 client: Optional['nbd.NbdClient'] = None) -> None:
         from chunkbackup import nbd
         self._nbd = nbd
         self.url = url
@@ -339,7 +346,7 @@ class NbdSource(VolumeSource):
                 reason='no dirty bitmap was named for %s' % self.url)
         return list(self._nbd.dirty_extents(self.client, self.dirty_bitmap))
 
-    def read_into(self, offset, buffer):
+    def read_into(self, offset: int, buffer: memoryview) -> int:
         length = min(len(buffer), max(0, self.size - offset))
         if not length:
             return 0
