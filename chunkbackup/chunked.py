@@ -17,7 +17,8 @@ import abc
 import dataclasses
 import time
 import types
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import (Any, Callable, ContextManager, Iterable, List, Optional,
+                    Tuple)
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -36,6 +37,7 @@ from chunkbackup import exception
 from chunkbackup import names
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
 from chunkbackup import progress
+from chunkbackup.records import BackupLike
 from chunkbackup import storage
 
 check_safe_id = names.check_safe_id
@@ -109,7 +111,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def get_object_writer(self, container: str, object_name: str,
-                          extra_metadata=None):
+                          extra_metadata: Optional[dict] = None
+                          ) -> ContextManager[Any]:
         """A context manager with ``write(bytes)``.
 
         The object exists under its name, complete, once the context exits
@@ -119,7 +122,8 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def get_object_reader(self, container: str, object_name: str,
-                          extra_metadata=None):
+                          extra_metadata: Optional[dict] = None
+                          ) -> ContextManager[Any]:
         """A context manager with ``read()`` returning the whole body.
 
         ``read(size)``, if the reader takes it, returns at most ``size``
@@ -131,11 +135,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """Delete an object; may raise StorageObjectNotFound."""
 
     @abc.abstractmethod
-    def _generate_object_name_prefix(self, backup) -> str:
+    def _generate_object_name_prefix(self, backup: BackupLike) -> str:
         """The object name prefix of a new backup."""
 
     @abc.abstractmethod
-    def update_container_name(self, backup,
+    def update_container_name(self, backup: BackupLike,
                               container: Optional[str]) -> Optional[str]:
         """The container to use, given the one the backup asked for.
 
@@ -144,12 +148,13 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
-    def get_extra_metadata(self, backup, volume) -> Optional[dict]:
+    def get_extra_metadata(self, backup: BackupLike,
+                           volume: Any) -> Optional[dict]:
         """Driver data stored in ``_metadata`` and given back to readers."""
 
     # Optional hooks.
 
-    def default_container(self, backup) -> Optional[str]:
+    def default_container(self, backup: BackupLike) -> Optional[str]:
         """The container of a backup that names none, when
         ``update_container_name`` returns None (Cinder's
         ``backup_default_container``).
@@ -180,7 +185,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             self._store = storage.build_store(self)
         return self._store
 
-    def _run(self, backup: Any, operation: str, total: int) -> Run:
+    def _run(self, backup: BackupLike, operation: str, total: int) -> Run:
         return Run(progress.Progress(self.progress_listeners, operation,
                                      backup, total),
                    self._cancel_checker(backup, operation))
@@ -213,15 +218,18 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                     volume_id=getattr(backup, 'volume_id', None))
         return check
 
-    def _read_block_map(self, backup, location) -> blockmap.BlockMap:
-        return documents.read_block_map(
+    def _read_block_map(self, backup: BackupLike,
+                        location: documents.Location) -> blockmap.BlockMap:
+        block_map = documents.read_block_map(
             self.store, backup, location, self.engine_options.block_map_memory,
             self.engine_options.temp_dir)
+        assert block_map is not None  # without missing_ok a missing one raises
+        return block_map
 
     # ------------------------------------------------------------------
     # Backup.
 
-    def backup(self, backup: Any, volume_file: Any,
+    def backup(self, backup: BackupLike, volume_file: Any,
                backup_metadata: bool = True, *,
                changed_extents: Optional[Iterable[Range]] = None,
                stats: Optional[BackupStats] = None) -> dict:
@@ -336,7 +344,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     # ------------------------------------------------------------------
     # Restore and verify.
 
-    def plan_restore(self, backup: Any,
+    def plan_restore(self, backup: BackupLike,
                      check_listing: bool = True) -> RestorePlan:
         """Work out, from metadata alone, what a restore fetches and writes.
 
@@ -372,7 +380,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                    'f': len(plan.fetches), 'z': plan.zero_bytes})
         return plan
 
-    def restore(self, backup: Any, volume_id: str, volume_file: Any,
+    def restore(self, backup: BackupLike, volume_id: str, volume_file: Any,
                 volume_is_new: bool = False) -> None:
         plan = self.plan_restore(backup)
         sink = (volume_file if isinstance(volume_file,
@@ -393,7 +401,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
             if layer.metadata.volume_meta:
                 self.put_metadata(volume_id, layer.metadata.volume_meta)
 
-    def verify(self, backup: Any) -> RestorePlan:
+    def verify(self, backup: BackupLike) -> RestorePlan:
         """Check a backup as a restore would, writing nothing.
 
         Every object that holds a block of the image is fetched, its MD5
@@ -457,7 +465,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     # ------------------------------------------------------------------
     # Delete.
 
-    def delete_backup(self, backup: Any) -> None:
+    def delete_backup(self, backup: BackupLike) -> None:
         dependents = getattr(backup, 'num_dependent_backups', 0) or 0
         if getattr(backup, 'has_dependent_backups', False) or dependents:
             raise exception.BackupInUse(

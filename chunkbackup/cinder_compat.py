@@ -34,6 +34,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from chunkbackup import progress
+from chunkbackup.records import BackupLike
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -63,12 +64,13 @@ class CinderSupport:
         self.context = context
         self.db = db
         self.exception = cinder_exception
-        self._metadata_api = None
+        # cinder.backup.driver.BackupMetadataAPI, made on first use.
+        self._metadata_api: Any = None
 
     # Volume metadata ----------------------------------------------------
 
     @property
-    def metadata_api(self):
+    def metadata_api(self) -> Any:  # cinder.backup.driver.BackupMetadataAPI
         if self._metadata_api is None:
             from cinder.backup import driver as cinder_driver
 
@@ -93,7 +95,7 @@ class CinderSupport:
     # Status ---------------------------------------------------------------
 
     @staticmethod
-    def refresh(backup) -> None:
+    def refresh(backup: BackupLike) -> None:
         read_deleted = getattr(backup, 'as_read_deleted', None)
         if read_deleted is None:  # not a Cinder object
             backup.refresh()
@@ -113,7 +115,8 @@ class CinderSupport:
             return None
         return plugin.get_token(session=service_auth.get_service_session())
 
-    def restore_cancelled(self, backup, volume_id: str) -> Exception:
+    def restore_cancelled(self, backup: BackupLike,
+                          volume_id: str) -> Exception:
         return self.exception.BackupRestoreCancel(back_id=backup.id,
                                                   vol_id=volume_id)
 
@@ -198,7 +201,8 @@ class CreateProgressNotifier(progress.ProgressListener):
             if stop.wait(max(self.interval, 0.01)):
                 return
 
-    def started(self, operation, backup, total_bytes):
+    def started(self, operation: str, backup: BackupLike,
+                total_bytes: int) -> None:
         self._steps = 0
         if operation != 'backup' or not self.timer_enabled:
             return
@@ -208,7 +212,8 @@ class CreateProgressNotifier(progress.ProgressListener):
             name='createprogress-%s' % backup.id, daemon=True)
         self._timer.start()
 
-    def advanced(self, operation, backup, done_bytes, total_bytes):
+    def advanced(self, operation: str, backup: BackupLike, done_bytes: int,
+                 total_bytes: int) -> None:
         if operation != 'backup':
             return
         self._steps += 1
@@ -217,8 +222,10 @@ class CreateProgressNotifier(progress.ProgressListener):
         self._steps = 0
         self._send(backup, 100.0 * done_bytes / max(total_bytes, 1))
 
-    def finished(self, operation, backup, done_bytes, ok):
+    def finished(self, operation: str, backup: BackupLike, done_bytes: int,
+                 ok: bool) -> None:
         if self._timer is not None:
+            assert self._stop is not None  # started() sets both
             self._stop.set()
             self._timer.join()
             self._timer = self._stop = None

@@ -17,6 +17,7 @@ from oslo_log import log as logging
 
 from chunkbackup import cinder_compat
 from chunkbackup import progress
+from chunkbackup.records import BackupLike
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class BackupDriver(metaclass=abc.ABCMeta):
         self.cinder = cinder_compat.for_driver(context, db)
 
     @abc.abstractmethod
-    def backup(self, backup, volume_file, backup_metadata: bool = True):
+    def backup(self, backup: BackupLike, volume_file: Any,
+               backup_metadata: bool = True) -> dict:
         """Back up ``volume_file`` (a readable, seekable file) as ``backup``.
 
         An incremental backup is made when ``backup.parent_id`` is set. The
@@ -50,8 +52,8 @@ class BackupDriver(metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
-    def restore(self, backup, volume_id: str, volume_file,
-                volume_is_new: bool = False):
+    def restore(self, backup: BackupLike, volume_id: str, volume_file: Any,
+                volume_is_new: bool = False) -> None:
         """Write the image of ``backup`` (and its chain) to ``volume_file``.
 
         ``volume_is_new`` promises that the volume reads as zeros, so zero
@@ -59,14 +61,14 @@ class BackupDriver(metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
-    def delete_backup(self, backup):
+    def delete_backup(self, backup: BackupLike) -> None:
         """Delete the objects of ``backup`` from the store."""
 
-    def export_record(self, backup) -> dict:
+    def export_record(self, backup: BackupLike) -> dict:
         """Driver-specific information for a record export (driver_info)."""
         return {}
 
-    def import_record(self, backup, driver_info: dict) -> None:
+    def import_record(self, backup: BackupLike, driver_info: dict) -> None:
         """Accept a record exported by ``export_record``; nothing to do."""
 
     def check_for_setup_error(self) -> None:
@@ -103,20 +105,20 @@ class BackupDriver(metaclass=abc.ABCMeta):
 
     def default_progress_listeners(self) -> List[progress.ProgressListener]:
         """The log, and inside cinder-backup createprogress notifications."""
-        listeners = [progress.LogListener()]
+        listeners: List[progress.ProgressListener] = [progress.LogListener()]
         if self.cinder is not None:
             listeners.append(self.cinder.progress_listener(
                 self.cinder_progress_timer_option))
         return listeners
 
-    def refresh_backup(self, backup) -> None:
+    def refresh_backup(self, backup: BackupLike) -> None:
         """Reload the backup record to see whether it was cancelled."""
         if self.cinder is not None:
             self.cinder.refresh(backup)
         else:
             backup.refresh()
 
-    def backup_cancelled(self, backup, error: Exception) -> dict:
+    def backup_cancelled(self, backup: BackupLike, error: Exception) -> dict:
         """A backup stopped because its status turned to deleting.
 
         Called after its objects are removed. cinder-backup expects the
@@ -129,7 +131,7 @@ class BackupDriver(metaclass=abc.ABCMeta):
             return {}
         raise error
 
-    def restore_cancelled(self, backup, volume_id: str,
+    def restore_cancelled(self, backup: BackupLike, volume_id: str,
                           error: Exception) -> Exception:
         """The exception to raise when a restore was cancelled.
 

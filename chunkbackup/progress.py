@@ -7,6 +7,8 @@ terminal progress bar, an oslo.messaging notification, metrics) is a
 import time
 from typing import List
 
+from chunkbackup.records import BackupLike
+
 from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
@@ -18,15 +20,16 @@ class ProgressListener:
     def bind(self, progress: 'Progress') -> None:
         """Called first: the operation's ``Progress`` (for its details)."""
 
-    def started(self, operation: str, backup, total_bytes: int) -> None:
+    def started(self, operation: str, backup: BackupLike,
+                total_bytes: int) -> None:
         pass
 
-    def advanced(self, operation: str, backup, done_bytes: int,
-                 total_bytes: int) -> None:
+    def advanced(self, operation: str, backup: BackupLike,
+                 done_bytes: int, total_bytes: int) -> None:
         pass
 
-    def finished(self, operation: str, backup, done_bytes: int,
-                 ok: bool) -> None:
+    def finished(self, operation: str, backup: BackupLike,
+                 done_bytes: int, ok: bool) -> None:
         pass
 
 
@@ -38,12 +41,14 @@ class LogListener(ProgressListener):
         self._last = 0.0
         self._t0 = 0.0
 
-    def started(self, operation, backup, total_bytes):
+    def started(self, operation: str, backup: BackupLike,
+                total_bytes: int) -> None:
         self._t0 = self._last = time.monotonic()
         LOG.info('%(op)s of backup %(id)s started: %(total)d bytes.',
                  {'op': operation, 'id': backup.id, 'total': total_bytes})
 
-    def advanced(self, operation, backup, done_bytes, total_bytes):
+    def advanced(self, operation: str, backup: BackupLike, done_bytes: int,
+                 total_bytes: int) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             return
@@ -52,7 +57,8 @@ class LogListener(ProgressListener):
                  {'op': operation, 'id': backup.id,
                   'pct': 100.0 * done_bytes / max(total_bytes, 1)})
 
-    def finished(self, operation, backup, done_bytes, ok):
+    def finished(self, operation: str, backup: BackupLike, done_bytes: int,
+                 ok: bool) -> None:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         LOG.info('%(op)s of backup %(id)s %(how)s: %(done)d bytes in '
                  '%(sec).1fs (%(rate).0f MiB/s).',
@@ -65,7 +71,7 @@ class Progress:
     """One operation's progress, fanned out to the listeners."""
 
     def __init__(self, listeners: List[ProgressListener], operation: str,
-                 backup, total_bytes: int):
+                 backup: BackupLike, total_bytes: int) -> None:
         self.listeners = listeners
         self.operation = operation
         self.backup = backup

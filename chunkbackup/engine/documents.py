@@ -5,7 +5,7 @@ layout); ``load_chain`` reads and checks the ``_metadata`` of a backup and
 its ancestors; block maps are streamed to and from ``_sha256file``.
 """
 import dataclasses
-from typing import Any, Callable, List, Optional, TYPE_CHECKING
+from typing import Callable, List, Optional, TYPE_CHECKING
 
 from oslo_log import log as logging
 
@@ -31,7 +31,7 @@ class Location:
     prefix: str
 
     @classmethod
-    def of(cls, backup: Any) -> 'Location':
+    def of(cls, backup: BackupLike) -> 'Location':
         container = getattr(backup, 'container', None)
         prefix = getattr(backup, 'service_metadata', None)
         if not container or not prefix:
@@ -56,7 +56,7 @@ class Location:
 class Layer:
     """One backup of a chain with its checked metadata."""
 
-    backup: Any
+    backup: BackupLike
     location: Location
     metadata: fmt.Metadata
 
