@@ -16,7 +16,7 @@ import contextlib
 import http.client
 import threading
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1.identity import v3 as ks_v3
@@ -34,6 +34,7 @@ from chunkbackup.drivers import swift_options
 from chunkbackup import exception
 from chunkbackup import logsecrets
 from chunkbackup import objectio
+from chunkbackup.records import BackupLike
 from chunkbackup import storage
 from chunkbackup.storage import errors
 
@@ -63,7 +64,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     listing_page_size: Optional[int] = None
     cinder_progress_timer_option = 'backup_swift_enable_progress_timer'
 
-    def __init__(self, context, db=None):
+    def __init__(self, context: Any, db: Any = None) -> None:
         self.options = SwiftOptions.from_conf(CONF[GROUP])
         super().__init__(context, object_size=self.options.object_size,
                          object_size_option=self.options.object_size_option,
@@ -77,7 +78,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._keystone = None
-        self._storage_url = None
+        self._storage_url: Optional[str] = None
 
     # Connections --------------------------------------------------------
 
@@ -153,6 +154,11 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         result = dict(headers or {})
         result['X-Service-Token'] = self._service_token()
         return result
+
+    def _with_headers(self) -> dict:
+        """Keyword arguments for a swiftclient call: the service token."""
+        headers = self._headers()
+        return {} if headers is None else {'headers': headers}
 
     def _service_token(self) -> str:
         if self.cinder is None:
@@ -248,7 +254,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         target = self.options.auth_url
         with storage.translated(self, 'login', target), self._swift() as conn:
             try:
-                conn.head_account(headers=self._headers())
+                conn.head_account(**self._with_headers())
             except swift_exc.ClientException as e:
                 if e.http_status != 404:
                     raise
@@ -258,7 +264,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                            'auth_version' % (target, GROUP)) from e
         LOG.info('Swift account %s reachable.', conn.url)
 
-    def default_container(self, backup) -> str:
+    def default_container(self, backup: BackupLike) -> str:
         return self.options.container
 
     def _check_endpoint(self, url: str) -> None:
@@ -274,7 +280,8 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                 conn.close()
         LOG.info('Swift endpoint %s reachable.', url)
 
-    def update_container_name(self, backup, container):
+    def update_container_name(self, backup: BackupLike,
+                              container: Optional[str]) -> Optional[str]:
         container = container or self.default_container(backup)
         if not container or '/' in container or len(container) > 256:
             raise exception.InvalidName(
@@ -285,7 +292,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     def put_container(self, container: str) -> None:
         with self._swift() as conn:
             try:
-                conn.head_container(container, headers=self._headers())
+                conn.head_container(container, **self._with_headers())
                 return
             except swift_exc.ClientException as e:
                 if e.http_status != 404:
@@ -310,7 +317,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             # full_listing: swiftclient follows the markers page by page.
             _headers, objects = conn.get_container(
                 container, prefix=prefix, limit=self.listing_page_size,
-                full_listing=True, headers=self._headers())
+                full_listing=True, **self._with_headers())
         return [obj['name'] for obj in objects]
 
     def _put_object(self, container: str, name: str, body) -> None:
@@ -320,7 +327,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
             # damaged one, so no partial or altered object is ever stored.
             etag = conn.put_object(container, name, body,
                                    content_length=len(body), etag=md5,
-                                   headers=self._headers())
+                                   **self._with_headers())
         if etag and etag != md5:
             raise exception.StorageError(
                 operation='put', target='%s/%s' % (container, name),
@@ -330,23 +337,27 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     def _get_object(self, container: str, name: str) -> bytes:
         with self._swift() as conn:
             _headers, body = conn.get_object(container, name,
-                                             headers=self._headers())
+                                             **self._with_headers())
         return body
 
-    def get_object_writer(self, container, object_name, extra_metadata=None):
+    def get_object_writer(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> objectio.BufferedWriter:
         return objectio.BufferedWriter(
             lambda body: self._put_object(container, object_name, body))
 
-    def get_object_reader(self, container, object_name, extra_metadata=None):
+    def get_object_reader(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> objectio.Reader:
         return objectio.Reader(
             lambda: self._get_object(container, object_name))
 
     def delete_object(self, container: str, object_name: str) -> None:
         with self._swift() as conn:
             conn.delete_object(container, object_name,
-                               headers=self._headers())
+                               **self._with_headers())
 
-    def _generate_object_name_prefix(self, backup) -> str:
+    def _generate_object_name_prefix(self, backup: BackupLike) -> str:
         prefix = fmt.object_store_prefix(
             backup.volume_id, backup.id, self.options.availability_zone,
             time.gmtime())
@@ -354,5 +365,6 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                   {'id': backup.id, 'p': prefix})
         return prefix
 
-    def get_extra_metadata(self, backup, volume):
+    def get_extra_metadata(self, backup: BackupLike,
+                           volume: Any) -> Optional[dict]:
         return None
