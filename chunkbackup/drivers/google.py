@@ -14,7 +14,7 @@ import http.client
 import io
 import threading
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from google.api_core import exceptions as api_exceptions
 from google.auth import credentials as auth_credentials
@@ -33,6 +33,7 @@ from chunkbackup import chunked
 from chunkbackup.drivers import google_options
 from chunkbackup import exception
 from chunkbackup import objectio
+from chunkbackup.records import BackupLike
 from chunkbackup import storage
 from chunkbackup.storage import errors
 
@@ -63,7 +64,7 @@ def _status_of(exc: BaseException) -> Optional[int]:
     return None
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: Optional[BaseException]) -> str:
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return '%s %s' % (exc.code, exc.message)
     return '%s: %s' % (type(exc).__name__, exc)
@@ -81,7 +82,7 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
     # Names per listing page; None means the service's (1000).
     listing_page_size: Optional[int] = None
 
-    def __init__(self, context, db=None):
+    def __init__(self, context: Any, db: Any = None) -> None:
         self.options = opts = GoogleOptions.from_conf(CONF[GROUP])
         super().__init__(context, object_size=opts.object_size,
                          object_size_option=opts.object_size_option, db=db)
@@ -204,10 +205,11 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
         LOG.debug('Google Cloud Storage client ready (project %s).',
                   self.client.project)
 
-    def default_container(self, backup) -> str:
+    def default_container(self, backup: BackupLike) -> str:
         return self.options.bucket
 
-    def update_container_name(self, backup, container):
+    def update_container_name(self, backup: BackupLike,
+                              container: Optional[str]) -> Optional[str]:
         return container or self.default_container(backup)
 
     def put_container(self, container: str) -> None:
@@ -260,11 +262,15 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
             retry=None)
         return [blob.name for blob in blobs]
 
-    def get_object_writer(self, container, object_name, extra_metadata=None):
+    def get_object_writer(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> objectio.BufferedWriter:
         return objectio.BufferedWriter(
             lambda body: self._upload(container, object_name, body))
 
-    def get_object_reader(self, container, object_name, extra_metadata=None):
+    def get_object_reader(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> objectio.Reader:
         return objectio.Reader(
             lambda: self._download(container, object_name))
 
@@ -273,12 +279,13 @@ class GoogleBackupDriver(chunked.ChunkedBackupDriver):
                           object_name, timeout=self.options.timeout,
                           retry=None)
 
-    def _generate_object_name_prefix(self, backup) -> str:
+    def _generate_object_name_prefix(self, backup: BackupLike) -> str:
         return fmt.object_store_prefix(
             backup.volume_id, backup.id, self.options.availability_zone,
             time.gmtime())
 
-    def get_extra_metadata(self, backup, volume):
+    def get_extra_metadata(self, backup: BackupLike,
+                           volume: Any) -> Optional[dict]:
         return None
 
     # Object I/O ------------------------------------------------------------

@@ -38,7 +38,7 @@ class DriverOptions:
     object_size: int
 
     @classmethod
-    def from_conf(cls: Type[T], conf_group) -> T:
+    def from_conf(cls: Type[T], conf_group: cfg.ConfigOpts.GroupAttr) -> T:
         """Read and validate ``conf_group`` (e.g. ``CONF[GROUP]``)."""
         values = {}
         for field in dataclasses.fields(cls):

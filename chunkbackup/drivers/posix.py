@@ -11,7 +11,7 @@ import dataclasses
 import errno
 import os
 import tempfile
-from typing import List, Optional
+from typing import Any, IO, Iterator, List, Optional, Tuple
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -21,6 +21,7 @@ from chunkbackup import chunked
 from chunkbackup.drivers import options
 from chunkbackup import exception
 from chunkbackup import names
+from chunkbackup.records import BackupLike
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class _ObjectReader:
 
     def __init__(self, path: str):
         self.path = path
-        self._file = None
+        self._file: Optional[IO[bytes]] = None
 
     def __enter__(self):
         # An object replaced by a symbolic link could point anywhere:
@@ -115,6 +116,7 @@ class _ObjectReader:
         return self
 
     def read(self, size: int = -1) -> bytes:
+        assert self._file is not None  # opened by __enter__
         return self._file.read(size)
 
     def __exit__(self, exc_type, exc, tb):
@@ -125,7 +127,8 @@ class _ObjectReader:
 class PosixBackupDriver(chunked.ChunkedBackupDriver):
     """Cinder-compatible posix driver: a directory tree of object files."""
 
-    def __init__(self, context, db=None, backup_path: str = None):
+    def __init__(self, context: Any, db: Any = None,
+                 backup_path: Optional[str] = None) -> None:
         self.options = PosixOptions.from_conf(CONF[GROUP])
         super().__init__(context, object_size=self.options.object_size,
                          object_size_option=self.options.object_size_option,
@@ -167,13 +170,14 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
                 reason='[backup_posix] path %s is not writable by this user'
                        % self.backup_root)
 
-    def update_container_name(self, backup, container):
+    def update_container_name(self, backup: BackupLike,
+                              container: Optional[str]) -> Optional[str]:
         if container:
             self._container_path(container)
             return container
         return self.default_container(backup)
 
-    def default_container(self, backup) -> str:
+    def default_container(self, backup: BackupLike) -> str:
         backup_id = chunked.check_safe_id('backup id', backup.id)
         return os.path.join(backup_id[0:2], backup_id[2:4], backup_id)
 
@@ -206,10 +210,14 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
             return []
         return sorted(n for n in names if n.startswith(prefix))
 
-    def get_object_writer(self, container, object_name, extra_metadata=None):
+    def get_object_writer(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> _ObjectWriter:
         return _ObjectWriter(self._object_path(container, object_name))
 
-    def get_object_reader(self, container, object_name, extra_metadata=None):
+    def get_object_reader(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> _ObjectReader:
         return _ObjectReader(self._object_path(container, object_name))
 
     def delete_object(self, container: str, object_name: str) -> None:
@@ -241,7 +249,8 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
         finally:
             os.close(fd)
 
-    def find_metadata_objects(self, container=None):
+    def find_metadata_objects(self, container: Optional[str] = None
+                              ) -> Iterator[Tuple[str, str]]:
         top = (self._container_path(container) if container
                else self.backup_root)
         for directory, subdirs, files in os.walk(top):
@@ -251,8 +260,9 @@ class PosixBackupDriver(chunked.ChunkedBackupDriver):
                         not name.startswith(TMP_PREFIX):
                     yield os.path.relpath(directory, self.backup_root), name
 
-    def _generate_object_name_prefix(self, backup) -> str:
+    def _generate_object_name_prefix(self, backup: BackupLike) -> str:
         return fmt.posix_prefix(backup.volume_id, backup.id)
 
-    def get_extra_metadata(self, backup, volume):
+    def get_extra_metadata(self, backup: BackupLike,
+                           volume: Any) -> Optional[dict]:
         return None

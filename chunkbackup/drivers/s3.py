@@ -14,7 +14,7 @@ any part fails so nothing partial remains. Options: ``s3_options``.
 """
 import base64
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import boto3
 from botocore import config as boto_config
@@ -30,6 +30,7 @@ from chunkbackup.drivers import s3_options
 from chunkbackup import exception
 from chunkbackup import logsecrets
 from chunkbackup import objectio
+from chunkbackup.records import BackupLike
 from chunkbackup import storage
 from chunkbackup.storage import errors
 
@@ -55,7 +56,7 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
     # Keys per listing request (S3's maximum is 1000); tests lower it.
     listing_page_size = 1000
 
-    def __init__(self, context, db=None):
+    def __init__(self, context: Any, db: Any = None) -> None:
         self.options = S3Options.from_conf(CONF[GROUP])
         super().__init__(context, object_size=self.options.object_size,
                          object_size_option=self.options.object_size_option,
@@ -114,7 +115,7 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
             ('http', opts.http_proxy), ('https', opts.https_proxy)) if url}
         if proxies:
             config['proxies'] = proxies
-        verify = opts.verify
+        verify: Union[bool, str] = opts.verify  # or the CA bundle's path
         if verify and opts.ca_bundle:
             verify = opts.ca_bundle
         # A session is not thread-safe, the client it makes is: make both
@@ -226,10 +227,11 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
                        bucket, self.options.endpoint_url or 'AWS', GROUP,
                        GROUP))
 
-    def default_container(self, backup) -> str:
+    def default_container(self, backup: BackupLike) -> str:
         return self.options.bucket
 
-    def update_container_name(self, backup, container):
+    def update_container_name(self, backup: BackupLike,
+                              container: Optional[str]) -> Optional[str]:
         bucket = container or self.default_container(backup)
         if not isinstance(bucket, str) or \
                 not s3_options.BUCKET_RE.match(bucket):
@@ -244,7 +246,7 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
             return
         if not self.options.create_bucket:
             raise self._missing_bucket('put_container', container)
-        args = {'Bucket': container}
+        args: Dict[str, Any] = {'Bucket': container}
         region = self.options.region
         if region and region != 'us-east-1':
             # us-east-1 is the one region S3 refuses to be named in.
@@ -260,18 +262,22 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
     def get_container_entries(self, container: str,
                               prefix: str) -> List[str]:
         paginator = self.client.get_paginator('list_objects_v2')
-        keys = []
+        keys: List[str] = []
         for page in paginator.paginate(
                 Bucket=container, Prefix=prefix,
                 PaginationConfig={'PageSize': self.listing_page_size}):
             keys.extend(obj['Key'] for obj in page.get('Contents', ()))
         return keys
 
-    def get_object_writer(self, container, object_name, extra_metadata=None):
+    def get_object_writer(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> objectio.BufferedWriter:
         return objectio.BufferedWriter(
             lambda body: self._upload(container, object_name, body))
 
-    def get_object_reader(self, container, object_name, extra_metadata=None):
+    def get_object_reader(self, container: str, object_name: str,
+                          extra_metadata: Optional[dict] = None
+                          ) -> objectio.Reader:
         return objectio.Reader(
             lambda: self._download(container, object_name))
 
@@ -279,10 +285,11 @@ class S3BackupDriver(chunked.ChunkedBackupDriver):
         # S3 answers 204 for a missing key too: deleting is idempotent.
         self.client.delete_object(Bucket=container, Key=object_name)
 
-    def _generate_object_name_prefix(self, backup) -> str:
+    def _generate_object_name_prefix(self, backup: BackupLike) -> str:
         return fmt.object_store_prefix(backup.volume_id, backup.id,
                                        self.options.availability_zone,
                                        time.gmtime())
 
-    def get_extra_metadata(self, backup, volume):
+    def get_extra_metadata(self, backup: BackupLike,
+                           volume: Any) -> Optional[dict]:
         return None

@@ -167,17 +167,15 @@ def decode_sse_customer_key(value: str) -> bytes:
                'neither' % GROUP)
 
 
-def _secret():
-    return dataclasses.field(repr=False)
-
-
 @dataclasses.dataclass(frozen=True)
 class S3Options(options.DriverOptions):
+    # Secrets stay out of repr (logs); dataclasses.field() written out
+    # in full so that type checkers see these fields have no default.
     GROUP = GROUP
 
     endpoint_url: Optional[str]
     access_key: Optional[str]
-    secret_key: Optional[str] = _secret()
+    secret_key: Optional[str] = dataclasses.field(repr=False)
     region: str
     bucket: str
     availability_zone: str
@@ -189,12 +187,12 @@ class S3Options(options.DriverOptions):
     retry_mode: str
     verify: bool
     ca_bundle: Optional[str]
-    http_proxy: Optional[str] = _secret()
-    https_proxy: Optional[str] = _secret()
+    http_proxy: Optional[str] = dataclasses.field(repr=False)
+    https_proxy: Optional[str] = dataclasses.field(repr=False)
     send_content_md5: bool
     multipart_threshold: int
     multipart_chunksize: int
-    sse_customer_key: Optional[str] = _secret()
+    sse_customer_key: Optional[str] = dataclasses.field(repr=False)
     sse_customer_algorithm: str
     server_side_encryption: Optional[str]
     sse_kms_key_id: Optional[str]

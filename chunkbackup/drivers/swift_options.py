@@ -1,6 +1,6 @@
 """The options of the Swift driver: declared, read and validated once."""
 import dataclasses
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 from oslo_config import cfg
 
@@ -145,7 +145,7 @@ class SwiftOptions(options.DriverOptions):
                     % (name, value))
 
     @property
-    def catalog_entry(self):
+    def catalog_entry(self) -> Tuple[str, ...]:
         """(service_type, service_name, endpoint_type) of catalog_info."""
         return tuple(self.catalog_info.split(':'))
 
@@ -166,7 +166,7 @@ class SwiftOptions(options.DriverOptions):
                        'needs %s' % (GROUP, self.auth_version,
                                      ', '.join(missing)))
 
-    def catalog_auth_url(self, context) -> str:
+    def catalog_auth_url(self, context: Any) -> str:
         """single_user mode without auth_url: the identity endpoint of the
         request's service catalog (keystone_catalog_info, region_name).
         """
@@ -184,7 +184,7 @@ class SwiftOptions(options.DriverOptions):
                            if self.region_name else ''))
         return url
 
-    def per_user_url(self, context) -> str:
+    def per_user_url(self, context: Any) -> str:
         """per_user mode: the Swift URL for the request's project."""
         if self.url:
             project = getattr(context, 'project_id', None)
