@@ -8,7 +8,7 @@ object's worth of memory.
 """
 import bz2
 import zlib
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import zstandard
 
@@ -80,7 +80,8 @@ class Compressor:
             level = _DEFAULT_LEVELS.get(self.family)
         self.level = level
         self._local = concurrency.native_thread_local()
-        self._compress: Optional[Callable[[bytes], bytes]] = {
+        self._compress: Optional[
+            Callable[[Union[bytes, memoryview]], bytes]] = {
             'zlib': self._zlib, 'bz2': self._bz2, 'zstd': self._zstd,
             None: None}[self.family]
 
@@ -119,7 +120,8 @@ class Compressor:
             packed += len(cctx.compress(sample))
         return packed > raw * _INCOMPRESSIBLE_RATIO
 
-    def compress(self, data) -> Tuple[str, bytes]:
+    def compress(self, data: Union[bytes, memoryview]
+                 ) -> Tuple[str, Union[bytes, memoryview]]:
         """Return (label, body): the raw data labelled none when smaller."""
         if self._compress is None:
             return 'none', data
@@ -175,7 +177,7 @@ _DECOMPRESSORS: Dict[str, Callable] = {
     'zlib': _bounded_zlib, 'bz2': _bounded_bz2, 'zstd': _bounded_zstd}
 
 
-def decompress(label, body, length: int):
+def decompress(label: str, body: bytes, length: int) -> bytes:
     """Return the uncompressed body, exactly ``length`` bytes, or raise.
 
     Raises ValueError with the reason when the body is not a valid stream of

@@ -11,7 +11,7 @@ import concurrent.futures
 import os
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
 
 def eventlet_patched() -> bool:
@@ -24,7 +24,7 @@ def eventlet_patched() -> bool:
     return patcher.is_monkey_patched('thread')
 
 
-def native_thread_local():
+def native_thread_local() -> threading.local:
     """A thread-local object keyed by native thread, even under eventlet."""
     if eventlet_patched():
         from eventlet import patcher
@@ -32,7 +32,8 @@ def native_thread_local():
     return threading.local()
 
 
-def native_lock():
+def native_lock() -> ContextManager[bool]:
+    # threading.Lock is a factory function in typeshed, not a type.
     """A lock that native threads (eventlet's tpool included) can share."""
     if eventlet_patched():
         from eventlet import patcher
@@ -65,16 +66,18 @@ class Executors:
         self._io = concurrent.futures.ThreadPoolExecutor(
             io_workers, thread_name_prefix='chunkbackup-io')
 
-    def submit_cpu(self, fn: Callable, *args) -> concurrent.futures.Future:
+    def submit_cpu(self, fn: Callable, *args: Any
+                   ) -> concurrent.futures.Future:
         if self._patched:
             from eventlet import tpool
             return self._cpu.submit(tpool.execute, fn, *args)
         return self._cpu.submit(fn, *args)
 
-    def submit_io(self, fn: Callable, *args) -> concurrent.futures.Future:
+    def submit_io(self, fn: Callable, *args: Any
+                  ) -> concurrent.futures.Future:
         return self._io.submit(fn, *args)
 
-    def shutdown(self, cancel: bool = False):
+    def shutdown(self, cancel: bool = False) -> None:
         for pool in (self._cpu, self._io):
             pool.shutdown(wait=True, cancel_futures=cancel)
 

@@ -16,7 +16,7 @@ _SAFE_ID_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}')
 _CONTROL_RE = re.compile('[\x00-\x1f\x7f-\x9f]')
 
 
-def check_safe_id(kind: str, value) -> str:
+def check_safe_id(kind: str, value: object) -> str:
     """Refuse ids (backup, volume) that could escape a prefix or a path."""
     if not isinstance(value, str) or not _SAFE_ID_RE.fullmatch(value) or (
             '..' in value):
@@ -26,7 +26,7 @@ def check_safe_id(kind: str, value) -> str:
     return value
 
 
-def check_relative(kind: str, name) -> str:
+def check_relative(kind: str, name: object) -> str:
     """Refuse empty, absolute, '..'-bearing, control-char or huge names."""
     if not isinstance(name, str) or not name:
         raise exception.InvalidName(kind=kind, name=name,

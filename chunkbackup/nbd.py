@@ -307,7 +307,8 @@ class NbdClient:
         self.preadinto(buffer, offset)
         return bytes(buffer)
 
-    def preadinto(self, buffer, offset: int) -> int:
+    def preadinto(self, buffer: Union[bytearray, memoryview],
+                  offset: int) -> int:
         """Fill ``buffer`` (bytearray, memoryview) from ``offset``."""
         view = memoryview(buffer).cast('B')
         self._check_range(offset, len(view))
@@ -326,7 +327,8 @@ class NbdClient:
             view[:] = target[offset - start:offset - start + len(view)]
         return len(view)
 
-    def pwrite(self, data, offset: int) -> None:
+    def pwrite(self, data: Union[bytes, bytearray, memoryview],
+               offset: int) -> None:
         view = memoryview(data).cast('B')
         self._check_write(offset, len(view))
         for pos in range(0, len(view), self.max_payload):

@@ -5,7 +5,7 @@ client splits it), so a writer collects what ``write`` receives and
 uploads it once the ``with`` block exits cleanly, and never otherwise:
 a failed write leaves no object behind.
 """
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 
 class BufferedWriter:
@@ -18,7 +18,7 @@ class BufferedWriter:
     def __enter__(self):
         return self
 
-    def write(self, data) -> None:
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         # Keep a copy of mutable buffers: the caller may reuse them.
         self._parts.append(data if isinstance(data, bytes) else bytes(data))
 

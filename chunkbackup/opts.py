@@ -7,6 +7,7 @@ Cinder's ``[DEFAULT] backup_*`` options.
 import importlib
 import pkgutil
 import re
+from typing import List, Tuple
 
 from oslo_config import cfg
 
@@ -204,7 +205,7 @@ def _driver_modules():
 _STANDALONE_MODULES = ['chunkbackup.catalog.api']
 
 
-def list_opts():
+def list_opts() -> List[Tuple[str, List[cfg.Opt]]]:
     """Return the options of every group, for oslo-config-generator."""
     # Imported here: the drivers load this module inside cinder-backup,
     # which needs neither the service nor its catalog.
@@ -275,7 +276,7 @@ def check_object_size(option: str, size: int) -> None:
                    % (option, size, MAX_OBJECT_SIZE))
 
 
-def validate(conf=CONF) -> None:
+def validate(conf: cfg.ConfigOpts = CONF) -> None:
     """Read every option once, so a bad value fails at start-up.
 
     oslo.config converts values lazily, when they are first read; a wrong
