@@ -19,7 +19,7 @@ Every wrapper is a ``ForwardingStore`` overriding only what it needs. A
 driver never knows it is being retried, metered or limited.
 """
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, TYPE_CHECKING
 
 from oslo_config import cfg
 
@@ -31,6 +31,9 @@ from chunkbackup.storage import errors
 from chunkbackup.storage import metrics
 from chunkbackup.storage import ratelimit
 from chunkbackup.storage import retry
+
+if TYPE_CHECKING:
+    from chunkbackup.chunked import ChunkedBackupDriver
 
 CONF = cfg.CONF
 
@@ -65,7 +68,7 @@ def _shared_bucket(rate: int) -> ratelimit.TokenBucket:
         return _bucket
 
 
-def build_store(driver) -> ObjectStore:
+def build_store(driver: 'ChunkedBackupDriver') -> ObjectStore:
     """The driver's ObjectStore with every cross-cutting wrapper."""
     conf = CONF.chunkbackup
     store = driver.wrap_store(DriverStore(driver))
@@ -83,13 +86,13 @@ def build_store(driver) -> ObjectStore:
                          max_delay=conf.storage_retry_max_delay)
 
 
-def store_name(driver) -> str:
+def store_name(driver: 'ChunkedBackupDriver') -> str:
     """How messages name a driver's store: posix, swift, google, s3 ..."""
     return getattr(driver, 'store_name', None) or \
         type(driver).__module__.rsplit('.', 1)[-1]
 
 
-def add_wrapper(driver, wrap: Wrapper) -> None:
+def add_wrapper(driver: 'ChunkedBackupDriver', wrap: Wrapper) -> None:
     """Wrap ``driver``'s store just inside its retries from now on.
 
     For tests (fault injection); the store is rebuilt on next use.
@@ -100,8 +103,9 @@ def add_wrapper(driver, wrap: Wrapper) -> None:
 
 def metrics_of(store: ObjectStore) -> Optional[StoreMetrics]:
     """The metrics of a store that ``build_store`` made."""
-    while store is not None:
-        if isinstance(store, MeteredStore):
-            return store.metrics
-        store = getattr(store, 'inner', None)
+    current: Optional[ObjectStore] = store
+    while current is not None:
+        if isinstance(current, MeteredStore):
+            return current.metrics
+        current = getattr(current, 'inner', None)
     return None

@@ -1,5 +1,5 @@
 """The ObjectStore interface and the forwarding base of every wrapper."""
-from typing import Callable, Iterable, Iterator, List, Optional
+from typing import Callable, Generator, Iterable, List, Optional
 
 MiB = 2 ** 20
 DEFAULT_CHUNK_SIZE = 8 * MiB
@@ -50,7 +50,8 @@ class ObjectStore:
 
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE
+                   ) -> Generator[bytes, None, None]:
         """The body of an object in chunks of at most about chunk_size.
 
         Lazy: nothing is requested before the first chunk is asked for,
@@ -91,7 +92,8 @@ class ForwardingStore(ObjectStore):
 
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE
+                   ) -> Generator[bytes, None, None]:
         return self.inner.get_stream(container, name, extra_metadata,
                                      chunk_size)
 

@@ -40,8 +40,9 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Generator, List, Optional
 
+from oslo_config import cfg
 from oslo_log import log as logging
 
 from chunkbackup import exception
@@ -121,7 +122,7 @@ class Limits:
         self.operation_timeout = operation_timeout
 
     @classmethod
-    def from_conf(cls, conf) -> 'Limits':
+    def from_conf(cls, conf: cfg.ConfigOpts.GroupAttr) -> 'Limits':
         return cls(conf.storage_request_timeout, conf.storage_min_rate,
                    conf.storage_min_rate_time, conf.operation_timeout)
 
@@ -161,7 +162,7 @@ class Transfer:
 
     # Called by the audit hook, in the transfer's own thread, for every
     # HTTP send.
-    def add_socket(self, sock) -> None:
+    def add_socket(self, sock: object) -> None:
         sock = _raw_socket(sock)
         if sock is None:
             return
@@ -425,7 +426,7 @@ class DeadlineStore(base.ForwardingStore):
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
                    chunk_size: int = base.DEFAULT_CHUNK_SIZE
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
         transfer = self._transfer('get', base.target_of(container, name))
         chunks = self.inner.get_stream(container, name, extra_metadata,
                                        chunk_size)

@@ -1,11 +1,14 @@
 """``DriverStore``: the ObjectStore made of a driver's Cinder-style hooks."""
 import inspect
-from typing import Iterator, List, Optional
+from typing import Callable, Generator, Iterator, List, Optional, TYPE_CHECKING
 
 from chunkbackup import exception
 from chunkbackup import names
 from chunkbackup.storage import base
 from chunkbackup.storage import errors
+
+if TYPE_CHECKING:
+    from chunkbackup.chunked import ChunkedBackupDriver
 
 
 class _ProducerFailed(BaseException):
@@ -28,7 +31,7 @@ def _chunks_of(produce: base.Produce) -> Iterator[bytes]:
         raise _ProducerFailed(e) from e
 
 
-def reads_in_pieces(read) -> bool:
+def reads_in_pieces(read: Callable[..., bytes]) -> bool:
     """Whether a reader's ``read`` takes a size (a file's does)."""
     try:
         parameters = inspect.signature(read).parameters.values()
@@ -46,7 +49,7 @@ class DriverStore(base.ObjectStore):
     driver's ``classify_error``; chunkbackup's own pass unchanged.
     """
 
-    def __init__(self, driver):
+    def __init__(self, driver: 'ChunkedBackupDriver') -> None:
         self.driver = driver
 
     @staticmethod
@@ -88,7 +91,7 @@ class DriverStore(base.ObjectStore):
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
                    chunk_size: int = base.DEFAULT_CHUNK_SIZE
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
         self._check(container, name)
         with errors.translated(self.driver, 'get', container, name):
             with self.driver.get_object_reader(

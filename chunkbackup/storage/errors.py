@@ -8,10 +8,13 @@ text). ``storage_error`` builds the chunkbackup exception from it;
 """
 import contextlib
 import socket
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, TYPE_CHECKING
 
 from chunkbackup import exception
 from chunkbackup.storage import base
+
+if TYPE_CHECKING:
+    from chunkbackup.chunked import ChunkedBackupDriver
 
 TRANSIENT = 'transient'                       # worth another attempt
 NOT_FOUND = 'not_found'                       # no such object (container)
@@ -50,8 +53,8 @@ def classify_default(exc: BaseException) -> Classification:
     return FATAL, None
 
 
-def storage_error(driver, exc: BaseException, operation: str,
-                  container: str,
+def storage_error(driver: 'ChunkedBackupDriver', exc: BaseException,
+                  operation: str, container: str,
                   name: Optional[str] = None) -> exception.StorageError:
     """The chunkbackup exception for a failure of ``driver``'s client.
 
@@ -68,13 +71,13 @@ def storage_error(driver, exc: BaseException, operation: str,
                reason=reason or describe(exc))
 
 
-def is_transient(driver, exc: BaseException) -> bool:
+def is_transient(driver: 'ChunkedBackupDriver', exc: BaseException) -> bool:
     """Whether ``driver`` judges a failure of its client worth retrying."""
     return driver.classify_error(exc)[0] == TRANSIENT
 
 
 @contextlib.contextmanager
-def translated(driver, operation: str, container: str,
+def translated(driver: 'ChunkedBackupDriver', operation: str, container: str,
                name: Optional[str] = None) -> Iterator[None]:
     """Failures inside become chunkbackup exceptions, classified once.
 

@@ -7,7 +7,7 @@ what tests and an exporter read.
 import dataclasses
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Generator, List, Optional
 
 from chunkbackup.storage import base
 
@@ -94,7 +94,7 @@ class MeteredStore(base.ForwardingStore):
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
                    chunk_size: int = base.DEFAULT_CHUNK_SIZE
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
         # Time spent in the consumer between chunks is not storage time.
         received = 0
         busy = 0.0

@@ -1,7 +1,7 @@
 """A limit on the bytes per second of object bodies sent and received."""
 import threading
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Generator, Optional
 
 from chunkbackup.storage import base
 
@@ -69,7 +69,7 @@ class RateLimitedStore(base.ForwardingStore):
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
                    chunk_size: int = base.DEFAULT_CHUNK_SIZE
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
         for chunk in self.inner.get_stream(container, name, extra_metadata,
                                            chunk_size):
             self.bucket.take(len(chunk))

@@ -1,7 +1,7 @@
 """Retries of transient storage failures, with backoff and jitter."""
 import random
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Generator, List, Optional
 
 from oslo_log import log as logging
 
@@ -77,7 +77,7 @@ class RetryingStore(base.ForwardingStore):
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
                    chunk_size: int = base.DEFAULT_CHUNK_SIZE
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
         delivered = 0
         attempt = 0
         while True:

@@ -14,10 +14,14 @@ chosen calls (the n-th put, say), before or after the real operation:
 import dataclasses
 import random
 import threading
-from typing import FrozenSet, Iterator, List, Optional, Tuple
+from typing import (FrozenSet, Generator, List, Optional, Tuple,
+                    TYPE_CHECKING)
 
 from chunkbackup import exception
 from chunkbackup import storage
+
+if TYPE_CHECKING:
+    from chunkbackup.chunked import ChunkedBackupDriver
 
 TRANSIENT_KINDS = ('error', 'timeout', 'reset', 'lost_reply')
 OPERATIONS = ('put', 'get', 'list', 'delete')
@@ -44,8 +48,9 @@ class FaultInjectingStore(storage.ForwardingStore):
     """
 
     def __init__(self, plan: FaultPlan,
-                 inner: Optional[storage.ObjectStore] = None):
-        super().__init__(inner)
+                 inner: Optional[storage.ObjectStore] = None) -> None:
+        if inner is not None:  # otherwise wrap() attaches it
+            super().__init__(inner)
         self.plan = plan
         self.injected = 0
         self.calls = {op: 0 for op in OPERATIONS}
@@ -110,7 +115,7 @@ class FaultInjectingStore(storage.ForwardingStore):
     def get_stream(self, container: str, name: str,
                    extra_metadata: Optional[dict] = None,
                    chunk_size: int = storage.DEFAULT_CHUNK_SIZE
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
         target = storage.base.target_of(container, name)
         kind = self._choose('get')
         if kind is not None and kind != 'lost_reply':
@@ -133,7 +138,8 @@ class FaultInjectingStore(storage.ForwardingStore):
                   self.inner.delete, container, name)
 
 
-def install(driver, plan: FaultPlan) -> FaultInjectingStore:
+def install(driver: 'ChunkedBackupDriver',
+            plan: FaultPlan) -> FaultInjectingStore:
     """Inject faults into a driver's storage seam (inside its retries)."""
     injector = FaultInjectingStore(plan)
     storage.add_wrapper(driver, injector.wrap)
