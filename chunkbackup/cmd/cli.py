@@ -14,10 +14,12 @@ import json
 import os
 import signal
 import sys
+from typing import Any, List, Optional, Sequence, TextIO, Tuple, Union
 
 from oslo_config import cfg
 from oslo_log import log as logging
 import sqlalchemy as sa
+from sqlalchemy import orm
 
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
@@ -26,6 +28,7 @@ from chunkbackup import extents
 from chunkbackup import operations
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
 from chunkbackup import progress
+from chunkbackup.records import BackupLike
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -34,6 +37,10 @@ USER_CONFIG = os.path.join(os.path.expanduser('~'), '.config', 'chunkbackup',
                            'chunkbackup.conf')
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# A command's parsed arguments: oslo.config's SubCommandAttr, whose
+# attributes (as on argparse's Namespace) differ from command to command.
+CommandArgs = Any
+Columns = Sequence[Tuple[str, str]]  # (key, title) of each column
 
 
 class Terminated(KeyboardInterrupt):
@@ -52,7 +59,8 @@ def _text(value) -> str:
     return str(value)
 
 
-def print_table(rows, columns, out=sys.stdout):
+def print_table(rows: Sequence[dict], columns: Columns,
+                out: TextIO = sys.stdout) -> None:
     """A plain table: one header line, one line a row."""
     cells = [[_text(row.get(key)) for key, _ in columns] for row in rows]
     widths = [max([len(title)] + [len(r[i]) for r in cells])
@@ -64,16 +72,18 @@ def print_table(rows, columns, out=sys.stdout):
                   + '\n')
 
 
-def print_fields(record: dict, out=sys.stdout):
+def print_fields(record: dict, out: TextIO = sys.stdout) -> None:
     print_table([{'field': k, 'value': v} for k, v in record.items()],
                 [('field', 'Field'), ('value', 'Value')], out)
 
 
-def emit(args, data, columns=None):
+def emit(args: CommandArgs, data: Union[dict, List[dict]],
+         columns: Optional[Columns] = None) -> None:
     if args.format == 'json':
         json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write('\n')
     elif isinstance(data, list):
+        assert columns is not None  # every list comes with its columns
         print_table(data, columns)
     else:
         print_fields(data)
@@ -118,10 +128,11 @@ LIST_COLUMNS = [('id', 'ID'), ('volume_id', 'Volume ID'),
 class TerminalProgress(progress.ProgressListener):
     """A progress bar with throughput and ETA, on a terminal only."""
 
-    def __init__(self):
-        self.bar = None
+    def __init__(self) -> None:
+        self.bar: Any = None  # a tqdm.tqdm while an operation runs
 
-    def started(self, operation, backup, total_bytes):
+    def started(self, operation: str, backup: BackupLike,
+                total_bytes: int) -> None:
         import shutil
 
         import tqdm
@@ -133,23 +144,25 @@ class TerminalProgress(progress.ProgressListener):
                              file=sys.stderr, ncols=size.columns,
                              nrows=size.lines, leave=True)
 
-    def advanced(self, operation, backup, done_bytes, total_bytes):
+    def advanced(self, operation: str, backup: BackupLike, done_bytes: int,
+                 total_bytes: int) -> None:
         if self.bar is not None:
             self.bar.update(done_bytes - self.bar.n)
 
-    def finished(self, operation, backup, done_bytes, ok):
+    def finished(self, operation: str, backup: BackupLike, done_bytes: int,
+                 ok: bool) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
 
-def listeners():
+def listeners() -> List[progress.ProgressListener]:
     return [TerminalProgress()] if sys.stderr.isatty() else []
 
 
 # Commands ----------------------------------------------------------------
 
-def cmd_backup_create(args, session):
+def cmd_backup_create(args: CommandArgs, session: orm.Session) -> None:
     if args.async_:
         from chunkbackup.catalog import states
         if args.changed_extents == '-':
@@ -178,7 +191,7 @@ def cmd_backup_create(args, session):
     emit(args, backup_view(record))
 
 
-def cmd_backup_restore(args, session):
+def cmd_backup_restore(args: CommandArgs, session: orm.Session) -> None:
     record = operations.restore_backup(session, args.backup_id, args.target,
                                        force=args.force,
                                        listeners=listeners())
@@ -186,22 +199,22 @@ def cmd_backup_restore(args, session):
                 'size_bytes': record.size_bytes, 'status': 'restored'})
 
 
-def cmd_backup_list(args, session):
+def cmd_backup_list(args: CommandArgs, session: orm.Session) -> None:
     rows = [backup_view(r) for r in api.list_backups(session,
                                                      args.volume_id)]
     emit(args, rows, LIST_COLUMNS)
 
 
-def cmd_backup_show(args, session):
+def cmd_backup_show(args: CommandArgs, session: orm.Session) -> None:
     emit(args, backup_view(api.get_backup(session, args.backup_id)))
 
 
-def cmd_backup_delete(args, session):
+def cmd_backup_delete(args: CommandArgs, session: orm.Session) -> None:
     record = operations.delete_backup(session, args.backup_id)
     emit(args, {'backup_id': record.id, 'status': 'deleted'})
 
 
-def cmd_backup_verify(args, session):
+def cmd_backup_verify(args: CommandArgs, session: orm.Session) -> None:
     record, plan = operations.verify_backup(session, args.backup_id,
                                             listeners=listeners())
     emit(args, {'backup_id': record.id, 'status': 'verified',
@@ -209,23 +222,23 @@ def cmd_backup_verify(args, session):
                 len(plan.fetches), 'chain_length': len(plan.chain)})
 
 
-def cmd_backup_export(args, session):
+def cmd_backup_export(args: CommandArgs, session: orm.Session) -> None:
     emit(args, operations.export_backup(session, args.backup_id))
 
 
-def cmd_backup_import(args, session):
+def cmd_backup_import(args: CommandArgs, session: orm.Session) -> None:
     record = operations.import_backup(session, args.exporter_service,
                                       args.backup_url)
     emit(args, backup_view(record))
 
 
-def cmd_catalog_rebuild(args, session):
+def cmd_catalog_rebuild(args: CommandArgs, session: orm.Session) -> None:
     added = operations.rebuild_catalog(session, args.container)
     emit(args, [{'id': i, 'status': 'recorded'} for i in added],
          [('id', 'ID'), ('status', 'Status')])
 
 
-def schedule_view(row) -> dict:
+def schedule_view(row: models.Schedule) -> dict:
     return {
         'name': row.name,
         'volume_path': row.volume_path,
@@ -246,7 +259,7 @@ SCHEDULE_COLUMNS = [('name', 'Name'), ('volume_path', 'Volume'),
                     ('last_run_at', 'Last Run At')]
 
 
-def cmd_schedule_set(args, session):
+def cmd_schedule_set(args: CommandArgs, session: orm.Session) -> None:
     from chunkbackup.service import schedules
     row = schedules.set_schedule(
         session, args.schedule_name, args.volume, args.interval,
@@ -256,13 +269,13 @@ def cmd_schedule_set(args, session):
     emit(args, schedule_view(row))
 
 
-def cmd_schedule_list(args, session):
+def cmd_schedule_list(args: CommandArgs, session: orm.Session) -> None:
     from chunkbackup.service import schedules
     emit(args, [schedule_view(r) for r in schedules.list_schedules(session)],
          SCHEDULE_COLUMNS)
 
 
-def cmd_service_list(args, session):
+def cmd_service_list(args: CommandArgs, session: orm.Session) -> None:
     from chunkbackup.catalog import workers
     emit(args, [{'name': w.name, 'host': w.host, 'started_at':
                  str(w.started_at), 'heartbeat_at': str(w.heartbeat_at),
@@ -273,7 +286,7 @@ def cmd_service_list(args, session):
           ('state', 'State')])
 
 
-def cmd_job_list(args, session):
+def cmd_job_list(args: CommandArgs, session: orm.Session) -> None:
     import sqlalchemy as sa
     rows = session.scalars(sa.select(models.Job).order_by(models.Job.id))
     emit(args, [{'id': j.id, 'kind': j.kind, 'status': j.status,
@@ -288,14 +301,14 @@ def cmd_job_list(args, session):
           ('backup_id', 'Backup ID'), ('error', 'Error')])
 
 
-def cmd_cleanup(args, session):
+def cmd_cleanup(args: CommandArgs, session: orm.Session) -> None:
     cleaned = operations.cleanup_interrupted(session)
     emit(args, [{'id': i, 'status': 'error', 'objects': 'removed'}
                 for i in cleaned],
          [('id', 'ID'), ('status', 'Status'), ('objects', 'Objects')])
 
 
-def cmd_cinder_options(args, session):
+def cmd_cinder_options(args: CommandArgs, session: orm.Session) -> None:
     from chunkbackup import cinder_options
 
     with open(args.cinder_conf) as f:
@@ -312,7 +325,9 @@ def _add_format(parser):
                         help='table for people (default), json for scripts')
 
 
-def add_command_parsers(subparsers):
+def add_command_parsers(
+        subparsers: 'argparse._SubParsersAction[argparse.ArgumentParser]'
+) -> None:
     def command(name, func, help_text):
         parser = subparsers.add_parser(name, help=help_text,
                                        description=help_text)
@@ -437,7 +452,7 @@ def add_command_parsers(subparsers):
             'sections of the configuration are not listed).')
 
 
-def register_cli_opts(conf=CONF):
+def register_cli_opts(conf: cfg.ConfigOpts = CONF) -> None:
     conf.register_cli_opt(cfg.SubCommandOpt(
         'command', title='Commands', handler=add_command_parsers,
         help='run "chunkbackup COMMAND --help" for a command\'s options'))
@@ -456,7 +471,7 @@ def _one_line_errors():
     argparse.ArgumentParser.error = error
 
 
-def parse_args(argv, conf=CONF):
+def parse_args(argv: List[str], conf: cfg.ConfigOpts = CONF) -> None:
     register_cli_opts(conf)
     defaults = [USER_CONFIG] if os.path.exists(USER_CONFIG) else []
     conf(argv, project='chunkbackup', prog=PROG,
@@ -474,7 +489,7 @@ def parse_args(argv, conf=CONF):
         conf.log_opt_values(LOG, logging.DEBUG)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     _one_line_errors()
     argv = sys.argv[1:] if argv is None else argv
     try:
