@@ -21,7 +21,10 @@ class BackupLike(Protocol):
     status: str
     size: int
     object_count: int
-    created_at: Optional[datetime.datetime]
+
+    @property
+    def created_at(self) -> Optional[datetime.datetime]:
+        """When the backup was made; drivers only read it."""
 
     @property
     def parent_id(self) -> Optional[str]:

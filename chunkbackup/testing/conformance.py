@@ -29,6 +29,8 @@ reported and cleaned up).
 """
 import filecmp
 import os
+import pathlib
+from typing import Callable, TYPE_CHECKING, Union
 import uuid
 
 from oslo_config import cfg
@@ -40,7 +42,12 @@ from chunkbackup.testing import faults
 from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
 
+if TYPE_CHECKING:
+    from chunkbackup.chunked import ChunkedBackupDriver
+
 CONF = cfg.CONF
+# The fixture a test module provides: a fresh, configured driver each call.
+MakeDriver = Callable[[], 'ChunkedBackupDriver']
 
 
 class DriverConformance:
@@ -60,14 +67,15 @@ class DriverConformance:
             CONF.clear_override(name, 'chunkbackup')
 
     @pytest.fixture
-    def container(self):
+    def container(self) -> str:
         return 'cbtest-%s' % uuid.uuid4().hex[:16]
 
     @pytest.fixture
-    def driver(self, make_driver):
+    def driver(self, make_driver: MakeDriver) -> 'ChunkedBackupDriver':
         return make_driver()
 
-    def corrupt(self, driver, container, name, body: bytes) -> None:
+    def corrupt(self, driver: 'ChunkedBackupDriver', container: str,
+                name: str, body: bytes) -> None:
         """Replace a stored object's body behind the engine's back."""
         with driver.get_object_writer(container, name) as writer:
             writer.write(body)
@@ -109,7 +117,8 @@ class DriverConformance:
 
     # Naming --------------------------------------------------------------
 
-    def test_naming(self, driver, container):
+    def test_naming(self, driver: 'ChunkedBackupDriver',
+                    container: str) -> None:
         record = BackupRecord('vol-1')
         prefix = driver._generate_object_name_prefix(record)
         assert prefix.startswith('volume_vol-1')
@@ -121,16 +130,20 @@ class DriverConformance:
     # Object I/O ----------------------------------------------------------
 
     @pytest.mark.parametrize('size', [0, 1, 'object'])
-    def test_writer_reader_round_trip(self, driver, container, size):
-        size = driver.object_size if size == 'object' else size
-        body = os.urandom(size)
+    def test_writer_reader_round_trip(self, driver: 'ChunkedBackupDriver',
+                                      container: str,
+                                      size: Union[int, str]) -> None:
+        length = driver.object_size if size == 'object' else size
+        assert isinstance(length, int)
+        body = os.urandom(length)
         driver.put_container(container)
         with driver.get_object_writer(container, 'obj-a') as writer:
             writer.write(body)
         with driver.get_object_reader(container, 'obj-a') as reader:
             assert reader.read() == body
 
-    def test_streams_round_trip(self, driver, container):
+    def test_streams_round_trip(self, driver: 'ChunkedBackupDriver',
+                                container: str) -> None:
         # The seam writes a stream chunk by chunk into one writer, and
         # reads it back in chunks (or whole, from a reader without a size).
         body = os.urandom(driver.object_size + 12345)
@@ -141,7 +154,8 @@ class DriverConformance:
                                               chunk_size=4096))
         assert b''.join(chunks) == body
 
-    def test_failed_write_leaves_nothing(self, driver, container):
+    def test_failed_write_leaves_nothing(self, driver: 'ChunkedBackupDriver',
+                                         container: str) -> None:
         driver.put_container(container)
         with pytest.raises(RuntimeError):
             with driver.get_object_writer(container, 'obj-partial') as w:
@@ -149,7 +163,9 @@ class DriverConformance:
                 raise RuntimeError('interrupted')
         assert driver.get_container_entries(container, 'obj-partial') == []
 
-    def test_listing_by_prefix_across_pages(self, driver, container):
+    def test_listing_by_prefix_across_pages(self,
+                                            driver: 'ChunkedBackupDriver',
+                                            container: str) -> None:
         driver.put_container(container)
         wanted = ['pfx-%02d' % i for i in range(7)]
         for name in wanted + ['other-1', 'pf']:
@@ -159,7 +175,8 @@ class DriverConformance:
         assert sorted(driver.get_container_entries(container, 'pfx-')) == \
             wanted
 
-    def test_missing_objects(self, driver, container):
+    def test_missing_objects(self, driver: 'ChunkedBackupDriver',
+                             container: str) -> None:
         driver.put_container(container)
         driver.store.delete(container, 'never-was')  # succeeds quietly
         with pytest.raises(exception.StorageObjectNotFound):
@@ -167,8 +184,10 @@ class DriverConformance:
 
     # Backups -------------------------------------------------------------
 
-    def test_full_incremental_chain_restore_verify(self, driver, container,
-                                                   tmp_path):
+    def test_full_incremental_chain_restore_verify(
+            self, driver: 'ChunkedBackupDriver', container: str,
+            tmp_path: pathlib.Path
+    ) -> None:
         size = driver.object_size * 3 + 12345  # not block-aligned
         vol = self._volume(tmp_path, 'vol', size)
         full = self._backup(driver, BackupRecord('vol-1',
@@ -206,8 +225,10 @@ class DriverConformance:
             expected = want.read()
             assert got.read(len(expected)) == expected
 
-    def test_incremental_stores_only_changes(self, driver, container,
-                                             tmp_path):
+    def test_incremental_stores_only_changes(self,
+                                             driver: 'ChunkedBackupDriver',
+                                             container: str,
+                                             tmp_path: pathlib.Path) -> None:
         vol = self._volume(tmp_path, 'vol', driver.object_size * 4, 'random')
         full = self._backup(driver, BackupRecord('v', container=container),
                             vol)
@@ -219,7 +240,8 @@ class DriverConformance:
         assert len(self._data_objects(driver, inc)) == 1
         assert len(self._data_objects(driver, full)) == 4
 
-    def test_delete(self, driver, container, tmp_path):
+    def test_delete(self, driver: 'ChunkedBackupDriver', container: str,
+                    tmp_path: pathlib.Path) -> None:
         vol = self._volume(tmp_path, 'vol', driver.object_size * 2)
         full = self._backup(driver, BackupRecord('v', container=container),
                             vol)
@@ -237,8 +259,9 @@ class DriverConformance:
 
     # Corruption ----------------------------------------------------------
 
-    def test_corrupt_object_detected(self, make_driver, container,
-                                     tmp_path):
+    def test_corrupt_object_detected(self, make_driver: MakeDriver,
+                                     container: str,
+                                     tmp_path: pathlib.Path) -> None:
         # Stored raw, so the flipped byte reaches the SHA-256 check rather
         # than the decompressor (the decompressor path is tested too).
         CONF.set_override('compression_algorithm', 'none', 'chunkbackup')
@@ -257,7 +280,9 @@ class DriverConformance:
         with pytest.raises(exception.BackupCorrupted):
             self._restore(driver, record, tmp_path)
 
-    def test_missing_object_detected(self, driver, container, tmp_path):
+    def test_missing_object_detected(self, driver: 'ChunkedBackupDriver',
+                                     container: str,
+                                     tmp_path: pathlib.Path) -> None:
         vol = self._volume(tmp_path, 'vol', driver.object_size * 2, 'random')
         record = self._backup(driver, BackupRecord('v', container=container),
                               vol)
@@ -271,15 +296,18 @@ class DriverConformance:
 
     @pytest.mark.parametrize('bad', ['../escape', '/abs/path', 'a/../../b',
                                      'nul\0byte', 'new\nline', 'x' * 2000])
-    def test_escaping_container_refused(self, driver, bad, tmp_path):
+    def test_escaping_container_refused(self, driver: 'ChunkedBackupDriver',
+                                        bad: str,
+                                        tmp_path: pathlib.Path) -> None:
         vol = self._volume(tmp_path, 'vol', 8192)
         with pytest.raises(exception.InvalidName):
             self._backup(driver, BackupRecord('v', container=bad), vol)
 
     @pytest.mark.parametrize('field', ['id', 'volume_id'])
     @pytest.mark.parametrize('bad', ['../../etc', 'a/b', 'a\0b', ''])
-    def test_escaping_ids_refused(self, driver, container, field, bad,
-                                  tmp_path):
+    def test_escaping_ids_refused(self, driver: 'ChunkedBackupDriver',
+                                  container: str, field: str, bad: str,
+                                  tmp_path: pathlib.Path) -> None:
         vol = self._volume(tmp_path, 'vol', 8192)
         record = BackupRecord('v', container=container)
         setattr(record, field, bad)
@@ -288,8 +316,9 @@ class DriverConformance:
 
     # Faults at the storage seam -----------------------------------------
 
-    def test_transient_faults_recovered(self, make_driver, container,
-                                        tmp_path):
+    def test_transient_faults_recovered(self, make_driver: MakeDriver,
+                                        container: str,
+                                        tmp_path: pathlib.Path) -> None:
         CONF.set_override('storage_retries', 8, 'chunkbackup')
         driver = make_driver()
         injector = faults.install(driver, faults.FaultPlan(
@@ -304,14 +333,16 @@ class DriverConformance:
         assert filecmp.cmp(out, vol, shallow=False)
         assert injector.injected > 0
 
-    def test_permanent_fault_reported_and_cleaned(self, make_driver,
-                                                  container, tmp_path):
+    def test_permanent_fault_reported_and_cleaned(
+            self, make_driver: MakeDriver, container: str,
+            tmp_path: pathlib.Path
+    ) -> None:
         driver = make_driver()
         vol = self._volume(tmp_path, 'vol', driver.object_size * 4)
         good = self._backup(driver, BackupRecord('v', container=container),
                             vol)
         injector = faults.install(driver, faults.FaultPlan(
-            fail_on={('put', 3)}, kinds=('permanent',)))
+            fail_on=frozenset({('put', 3)}), kinds=('permanent',)))
         record = BackupRecord('v', parent=good, container=container)
         volumes.change_blocks(vol, 0.5, 4096, seed=5)
         with pytest.raises(exception.StorageError) as info:
@@ -319,6 +350,7 @@ class DriverConformance:
         assert '-0000' in str(info.value)  # names the object
         assert injector.injected == 1
         injector.disable()
+        assert record.service_metadata is not None  # named before the put
         assert driver.get_container_entries(
             container, record.service_metadata) == []
         driver.verify(good)
