@@ -247,15 +247,20 @@ def _interpolate(value: str, defaults: Dict[str, str]) -> str:
     return value
 
 
+class _CaseKeepingParser(configparser.RawConfigParser):
+    """Option names as written (Cinder's are case-sensitive)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def convert(cinder_conf_text: str) -> str:
     """The sections of ours equivalent to a cinder.conf's backup options.
 
     Raises ValueError for a cinder.conf whose backup_driver is not one of
     Cinder's chunked drivers.
     """
-    parser = configparser.RawConfigParser(strict=False,
-                                          default_section='__none__')
-    parser.optionxform = str
+    parser = _CaseKeepingParser(strict=False, default_section='__none__')
     parser.read_string(cinder_conf_text)
     cinder = dict(parser.items('DEFAULT')) if parser.has_section(
         'DEFAULT') else {}

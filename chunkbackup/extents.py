@@ -50,7 +50,7 @@ import bisect
 import json
 import re
 import sys
-from typing import Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 from oslo_log import log as logging
 
@@ -88,6 +88,10 @@ class _Fail:
                                                reason=reason)
 
 
+# Reads one entry of a map's shape: (offset, length, changed).
+_Reader = Callable[[int, Any, _Fail], Tuple[int, int, bool]]
+
+
 def _describe(index: int, entry) -> str:
     text = json.dumps(entry, sort_keys=True)
     if len(text) > 100:
@@ -95,9 +99,15 @@ def _describe(index: int, entry) -> str:
     return 'entry %d %s' % (index, text)
 
 
+def _skip_whitespace(text: str, pos: int = 0) -> int:
+    match = _WHITESPACE.match(text, pos)
+    assert match is not None  # it matches the empty string too
+    return match.end()
+
+
 def _entries(text: str, fail: _Fail) -> Iterator:
     """The map's entries, a top-level list decoded one entry at a time."""
-    pos = _WHITESPACE.match(text).end()
+    pos = _skip_whitespace(text)
     if not text.startswith('[', pos):
         try:
             document = json.loads(text)
@@ -110,7 +120,7 @@ def _entries(text: str, fail: _Fail) -> Iterator:
         raise fail('it is neither a JSON list nor an object with just an '
                    '"extents" list')
     decoder = json.JSONDecoder()
-    pos = _WHITESPACE.match(text, pos + 1).end()
+    pos = _skip_whitespace(text, pos + 1)
     if text.startswith(']', pos):
         pos += 1
     else:
@@ -120,16 +130,16 @@ def _entries(text: str, fail: _Fail) -> Iterator:
             except ValueError as e:
                 raise fail('it is not JSON (%s)' % e)
             yield entry
-            pos = _WHITESPACE.match(text, pos).end()
+            pos = _skip_whitespace(text, pos)
             if text.startswith(',', pos):
-                pos = _WHITESPACE.match(text, pos + 1).end()
+                pos = _skip_whitespace(text, pos + 1)
             elif text.startswith(']', pos):
                 pos += 1
                 break
             else:
                 raise fail("it is not JSON (expected ',' or ']' at "
                            "character %d)" % pos)
-    if _WHITESPACE.match(text, pos).end() != len(text):
+    if _skip_whitespace(text, pos) != len(text):
         raise fail('it is not JSON (extra data after the list at character '
                    '%d)' % pos)
 
@@ -212,7 +222,7 @@ def _read_pair(index: int, entry, fail: _Fail) -> Tuple[int, int, bool]:
             _integer(pair, 'length', index, fail, shown=entry), True)
 
 
-def _shape(entry) -> Tuple[Optional[str], object, bool]:
+def _shape(entry: object) -> Tuple[Optional[str], Optional[_Reader], bool]:
     """(name, reader, lists the whole volume) of the first entry's shape."""
     if isinstance(entry, list):
         return 'list of [offset, length] pairs', _read_pair, False
@@ -405,7 +415,8 @@ def parse_changed_extents(data: Union[bytes, str], volume_size: int,
         except UnicodeDecodeError:
             raise fail('it is not UTF-8 text')
     builder = _Builder()
-    name = reader = None
+    name: Optional[str] = None
+    reader: Optional[_Reader] = None
     covers_volume = False
     covered = 0   # where the next entry of a whole-volume map must start
     for index, entry in enumerate(_entries(data, fail)):

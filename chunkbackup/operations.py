@@ -13,7 +13,7 @@ import math
 import os
 import stat
 import uuid
-from typing import Callable, List, Optional, Tuple, TYPE_CHECKING
+from typing import Callable, List, Optional, Sequence, Tuple, TYPE_CHECKING
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -32,6 +32,7 @@ from chunkbackup.engine import restore as restore_sinks
 from chunkbackup.engine import sources
 from chunkbackup import exception
 from chunkbackup import extents
+from chunkbackup import progress
 
 if TYPE_CHECKING:
     from chunkbackup import chunked
@@ -173,7 +174,7 @@ def create_backup(session: orm.Session, volume: str, *,
                   container: Optional[str] = None,
                   changed_extents: Optional[str] = None,
                   dirty_bitmap: Optional[str] = None,
-                  listeners: List = (),
+                  listeners: Sequence[progress.ProgressListener] = (),
                   on_created: Optional[Callable] = None) -> models.Backup:
     """Back up a file, block device or NBD export and record it.
 
@@ -300,7 +301,9 @@ def _is_empty_target(path: str) -> Optional[bool]:
 
 
 def restore_backup(session: orm.Session, backup_id: str, target: str, *,
-                   force: bool = False, listeners: List = ()) -> models.Backup:
+                   force: bool = False,
+                   listeners: Sequence[progress.ProgressListener] = ()
+                   ) -> models.Backup:
     record = api.get_backup(session, backup_id)
     if record.status != states.AVAILABLE:
         raise OperationError(
@@ -373,7 +376,7 @@ def _restore_to_nbd(session, record, url, force, listeners):
 
 
 def verify_backup(session: orm.Session, backup_id: str,
-                  listeners: List = ()
+                  listeners: Sequence[progress.ProgressListener] = ()
                   ) -> Tuple[models.Backup, 'chunked.RestorePlan']:
     """Check every object's MD5 and every block's SHA-256; no volume written.
 

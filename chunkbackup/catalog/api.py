@@ -5,7 +5,7 @@ SQLite in the user's data directory is the default; any SQLAlchemy URL
 """
 import datetime
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from alembic import command as alembic_command
 from alembic import config as alembic_config
@@ -155,7 +155,7 @@ class Catalog:
     def __init__(self, url: Optional[str] = None):
         self.url = url or CONF.database.connection or default_url()
         parsed = sa.engine.make_url(self.url)
-        kwargs = {'pool_pre_ping': True}
+        kwargs: Dict[str, Any] = {'pool_pre_ping': True}
         if parsed.get_backend_name() == 'sqlite':
             _prepare_sqlite_file(parsed)
             # Several processes (CLI, service) share the file.

@@ -87,7 +87,7 @@ def apply_retention(session: orm.Session, volume_id: str, retain_full: int,
     backups = list(session.scalars(
         sa.select(models.Backup).where(models.Backup.volume_id == volume_id,
                                        models.Backup.driver == driver)))
-    deleted = []
+    deleted: List[str] = []
     for chain in expired_chains(backups, retain_full):
         for backup in chain:
             if should_stop():

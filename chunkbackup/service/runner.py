@@ -99,8 +99,9 @@ class BackupService(ServiceBase):
         # Nothing is opened here: under the threading backend this object
         # is built in the parent process and forked into the worker.
         self.conf = conf
-        self.catalog = None
-        self.owner = None
+        # Set by start(); the methods below run only once it has.
+        self.catalog: Optional[api.Catalog] = None
+        self.owner: Optional[str] = None
         self.schedules: List[schedules.ScheduleSpec] = []
         self._last_run: Dict[tuple, datetime.datetime] = {}
         self._ops: List[Operation] = []
@@ -114,6 +115,21 @@ class BackupService(ServiceBase):
         self._heartbeat_thread: Optional[threading.Thread] = None
         self.stragglers: List[Operation] = []
         self.metrics: Optional[service_metrics.Metrics] = None
+
+    @property
+    def _catalog(self) -> api.Catalog:
+        assert self.catalog is not None, 'start() opens the catalog'
+        return self.catalog
+
+    @property
+    def _owner(self) -> str:
+        assert self.owner is not None, 'start() names the owner'
+        return self.owner
+
+    @property
+    def _metrics(self) -> service_metrics.Metrics:
+        assert self.metrics is not None, 'start() makes the metrics'
+        return self.metrics
 
     @property
     def _me(self) -> str:
@@ -187,7 +203,7 @@ class BackupService(ServiceBase):
             return
         session = self.catalog.session()
         try:
-            workers.stopped(session, self.owner)
+            workers.stopped(session, self._owner)  # set before the catalog
         except Exception:
             LOG.exception('Could not record that this worker stopped.')
         finally:
@@ -206,9 +222,9 @@ class BackupService(ServiceBase):
         """Renew this worker's heartbeat and leases, a third of a lease."""
         interval = self.options.lease_seconds / 3.0
         while not self._stopped.wait(interval):
-            session = self.catalog.session()
+            session = self._catalog.session()
             try:
-                workers.heartbeat(session, self.owner, len(self._running()))
+                workers.heartbeat(session, self._owner, len(self._running()))
             except Exception as e:
                 LOG.warning('The heartbeat failed (%s); its leases lapse '
                             'after [backup_service] lease_seconds = %s.',
@@ -219,7 +235,7 @@ class BackupService(ServiceBase):
 
     def _observe(self) -> None:
         """Take over expired leases; refresh the catalog's gauges."""
-        session = self.catalog.session()
+        session = self._catalog.session()
         try:
             taken = workers.take_over_expired(
                 session, operations._remove_objects,
@@ -230,9 +246,9 @@ class BackupService(ServiceBase):
                                  len(taken.failed) + len(taken.done)),
                                 ('volume', taken.volume_locks)):
                 if count:
-                    self.metrics.taken_over.labels(kind).inc(count)
-            self.metrics.queue_depth.set(workers.queue_depth(session))
-            self.metrics.running.set(len(self._running()))
+                    self._metrics.taken_over.labels(kind).inc(count)
+            self._metrics.queue_depth.set(workers.queue_depth(session))
+            self._metrics.running.set(len(self._running()))
             rows = session.execute(
                 sa.select(models.Backup.display_name,
                           sa.func.max(models.Backup.created_at))
@@ -242,7 +258,7 @@ class BackupService(ServiceBase):
                 .group_by(models.Backup.display_name)).all()
             session.commit()
             for name, when in rows:
-                self.metrics.schedule_last_success.labels(
+                self._metrics.schedule_last_success.labels(
                     name[len(schedules.SCHEDULE_PREFIX):]).set(
                     when.replace(tzinfo=datetime.timezone.utc).timestamp())
         finally:
@@ -266,7 +282,7 @@ class BackupService(ServiceBase):
 
     def _load_schedules(self) -> None:
         specs = schedules.config_schedules(self.conf)
-        session = self.catalog.session()
+        session = self._catalog.session()
         try:
             for spec in specs:
                 if spec.key not in self._last_run:
@@ -293,7 +309,7 @@ class BackupService(ServiceBase):
         free = self.options.max_concurrent_operations - len(self._running())
         if free <= 0:
             return
-        session = self.catalog.session()
+        session = self._catalog.session()
         try:
             for spec, volume_lock in self._due_schedules(session):
                 if free <= 0 or self._stopping.is_set():
@@ -307,7 +323,7 @@ class BackupService(ServiceBase):
                 self._start(op)
                 free -= 1
             while free > 0 and not self._stopping.is_set():
-                job = workers.claim_job(session, self.owner,
+                job = workers.claim_job(session, self._owner,
                                         self._volume_of_job)
                 if job is None:
                     return
@@ -383,7 +399,7 @@ class BackupService(ServiceBase):
     # Operations -----------------------------------------------------------
 
     def _execute(self, op: Operation) -> None:
-        session = self.catalog.session()
+        session = self._catalog.session()
         status, error = states.DONE, None
         started = time.monotonic()
         try:
@@ -412,13 +428,14 @@ class BackupService(ServiceBase):
         self._count(session, op, status, time.monotonic() - started)
         try:
             if op.volume_lock:
-                workers.unlock_volume(session, op.volume_lock, self.owner)
+                workers.unlock_volume(session, op.volume_lock, self._owner)
             if op.abandoned or status == 'lease_lost':
                 # The shutdown has recorded how this ended, or the worker
                 # that took the lease over does; keep it.
                 return
             if status == states.CANCELLED and op.backup_id:
                 # Say why in the record, not only that it was cancelled.
+                assert error is not None  # set with the cancelled status
                 states.explain_failure(session, op.backup_id, error)
             if op.job_id is not None:
                 job = session.get(models.Job, op.job_id)
@@ -436,16 +453,16 @@ class BackupService(ServiceBase):
                seconds: float) -> None:
         """The metrics of an operation that ended."""
         try:
-            self.metrics.operations.labels(op.kind, status).inc()
-            self.metrics.durations.labels(op.kind).observe(seconds)
+            self._metrics.operations.labels(op.kind, status).inc()
+            self._metrics.durations.labels(op.kind).observe(seconds)
             if status == states.DONE and op.backup_id:
                 stats = session.scalar(
                     sa.select(models.Backup.stats)
                     .where(models.Backup.id == op.backup_id))
                 session.commit()
                 read, stored = service_metrics.stats_bytes(stats)
-                self.metrics.bytes_read.inc(read)
-                self.metrics.bytes_stored.inc(stored)
+                self._metrics.bytes_read.inc(read)
+                self._metrics.bytes_stored.inc(stored)
         except Exception:
             LOG.exception('Could not count the end of %s.', op.label)
             session.rollback()
@@ -562,7 +579,7 @@ class BackupService(ServiceBase):
                 backup_id = op.backup_id
             if backup_id:
                 try:
-                    _request_cancel(self.catalog, backup_id)
+                    _request_cancel(self._catalog, backup_id)
                 except Exception:
                     LOG.exception('Could not cancel backup %s.', backup_id)
         self._wait_for(left, service.CANCEL_WAIT)
@@ -587,7 +604,7 @@ class BackupService(ServiceBase):
         LOG.error('%s did not stop in time; its backup is set to error and '
                   'its objects are removed at the next start.', op.label)
         op.abandoned = True
-        session = self.catalog.session()
+        session = self._catalog.session()
         try:
             if op.backup_id:
                 states.abandon_backup(
