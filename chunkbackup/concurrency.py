@@ -11,7 +11,7 @@ import concurrent.futures
 import os
 import sys
 import threading
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 
 def eventlet_patched() -> bool:
@@ -32,8 +32,7 @@ def native_thread_local() -> threading.local:
     return threading.local()
 
 
-def native_lock() -> ContextManager[bool]:
-    # threading.Lock is a factory function in typeshed, not a type.
+def native_lock() -> threading.Lock:
     """A lock that native threads (eventlet's tpool included) can share."""
     if eventlet_patched():
         from eventlet import patcher
