@@ -16,6 +16,7 @@ import sys
 import time
 
 from cinder import exception as cinder_exception
+from cinder import objects as cinder_objects
 from cinder.objects import fields
 from cinder import service_auth
 from oslo_config import cfg
@@ -43,6 +44,19 @@ BOTH = test_manager.BOTH
 objects_of = test_manager.objects_of
 root_of = test_manager.root_of
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def forget_backup_records(cinder_setup):
+    """Remove the backup records a test made: Cinder's quota (10 backups a
+    project) counts them in the session's database for later modules.
+    """
+    ctxt = conftest.request_context()
+    before = {b.id for b in cinder_objects.BackupList.get_all(ctxt)}
+    yield
+    for backup in cinder_objects.BackupList.get_all(ctxt):
+        if backup.id not in before:
+            backup.destroy()
 
 
 # 1. Cancellation ------------------------------------------------------------
