@@ -67,6 +67,8 @@ class FakeServer:
         self.max_extents = max_extents
         self.fault = fault              # (request) -> True when it answered
         self.requests = []
+        # Set when NBD_CMD_DISC arrives: the client does not wait for it.
+        self.disconnected = threading.Event()
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(path)
         self.listener.listen(4)
@@ -157,6 +159,7 @@ class FakeServer:
             request = (command, flags, offset, length)
             self.requests.append(request)
             if command == nbd.NBD_CMD_DISC:
+                self.disconnected.set()
                 return
             payload = self._recv(length) if command == nbd.NBD_CMD_WRITE \
                 else b''
@@ -299,6 +302,7 @@ def test_writes_zeroes_trim_flush(serve, monkeypatch):
     assert zeroes == [(0, 32 * KiB, 16 * KiB), (0, 48 * KiB, 16 * KiB),
                       (0, 64 * KiB, 8 * KiB),
                       (nbd.NBD_CMD_FLAG_NO_HOLE, 0, 4)]
+    assert server.disconnected.wait(30)
     commands = [r[0] for r in server.requests]
     assert commands[-3:] == [nbd.NBD_CMD_TRIM, nbd.NBD_CMD_FLUSH,
                              nbd.NBD_CMD_DISC]
@@ -314,6 +318,7 @@ def test_without_server_support_zeroes_are_written_trim_and_flush_skipped(
         client.trim(0, 10)
         client.flush()
     assert server.data[:120] == b'\xaa' * 10 + bytes(100) + b'\xaa' * 10
+    assert server.disconnected.wait(30)
     assert [r[0] for r in server.requests] == [nbd.NBD_CMD_WRITE,
                                                nbd.NBD_CMD_DISC]
 
