@@ -140,6 +140,8 @@ def test_our_chain_restored_by_cinder(drivers, overrides, ours):
 
 def _names(root, backup):
     directory = os.path.join(root, backup.container)
+    if not os.path.isdir(directory):
+        return []  # removed with its last object
     return [n for n in os.listdir(directory)
             if n.startswith(backup.service_metadata)]
 
@@ -152,3 +154,7 @@ def test_each_deletes_the_others_backups(drivers, shared):
     drivers.ours.delete_backup(theirs)
     drivers.cinder.delete_backup(ours)
     assert _names(shared, theirs) == [] and _names(shared, ours) == []
+    # Ours also removes the directory its delete left empty; Cinder's
+    # leaves it.
+    assert not os.path.exists(os.path.join(shared, theirs.container))
+    assert os.listdir(os.path.join(shared, ours.container)) == []
