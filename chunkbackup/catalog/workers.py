@@ -298,13 +298,21 @@ def take_over_expired(session: orm.Session,
     """Clean up the work of workers whose leases expired (see module)."""
     result = Takeover()
     now = models.utcnow()
-    expired_backups = list(session.scalars(
+
+    def lapsed(row) -> bool:
+        # A worker of this host that is gone needs no wait for its lease.
+        return row.lease_expires_at < now or not states.owner_alive(
+            row.owner)
+    expired_backups = [r for r in session.scalars(
         sa.select(models.Backup)
         .where(models.Backup.owner.isnot(None),
-               models.Backup.lease_expires_at < now)))
+               models.Backup.lease_expires_at.isnot(None))) if lapsed(r)]
     session.commit()
     for record in expired_backups:
-        gone = 'whose lease expired at %s' % record.lease_expires_at
+        if record.lease_expires_at < now:
+            gone = 'whose lease expired at %s' % record.lease_expires_at
+        else:
+            gone = 'which is gone'
         was = record.status
         ended = states.clean_up_backup(session, record, remove_objects,
                                        gone=gone)
@@ -316,28 +324,38 @@ def take_over_expired(session: orm.Session,
             result.backups.append(record.id)
         elif ended == states.AVAILABLE:
             result.restores.append(record.id)
-    expired_jobs = list(session.scalars(
+    expired_jobs = [j for j in session.scalars(
         sa.select(models.Job)
         .where(models.Job.status == states.RUNNING,
-               models.Job.lease_expires_at < now)))
+               models.Job.lease_expires_at.isnot(None))) if lapsed(j)]
     session.commit()
     for job in expired_jobs:
-        _take_over_job(session, job, job_attempts, result)
-    result.volume_locks = session.execute(
-        sa.delete(models.VolumeLock)
-        .where(models.VolumeLock.lease_expires_at < now)).rowcount
+        _take_over_job(session, job, job_attempts, result, now)
+    locks = [lock for lock in session.scalars(
+        sa.select(models.VolumeLock)
+        .where(models.VolumeLock.lease_expires_at.isnot(None)))
+        if lapsed(lock)]
+    session.commit()
+    for lock in locks:
+        result.volume_locks += session.execute(
+            sa.delete(models.VolumeLock)
+            .where(models.VolumeLock.volume_id == lock.volume_id,
+                   models.VolumeLock.owner == lock.owner,
+                   models.VolumeLock.lease_expires_at ==
+                   lock.lease_expires_at)).rowcount
     session.commit()
     return result
 
 
-def _take_over_job(session, job, job_attempts, result) -> None:
+def _take_over_job(session, job, job_attempts, result, now) -> None:
     made = None
     if job.backup_id:
         made = session.scalar(sa.select(models.Backup.status)
                               .where(models.Backup.id == job.backup_id))
     attempts = job.attempts or 0
-    lapse = ('%s\'s lease expired during run %d of %d'
-             % (job.owner, attempts, job_attempts))
+    lapse = ('%s %s during run %d of %d'
+             % (job.owner, 'stopped' if job.lease_expires_at >= now
+                else 'let its lease expire', attempts, job_attempts))
     if made == states.AVAILABLE:
         values = dict(status=states.DONE, finished_at=models.utcnow(),
                       error='done: its backup became available before %s'

@@ -413,7 +413,7 @@ def test_sigterm_cancels_a_long_backup(tmp_path, services, backend):
 
 def test_startup_cleans_up_after_a_crash(tmp_path, services):
     """A service killed mid-backup leaves a 'creating' record; the next
-    start sets it to error, removes its objects and fails its job.
+    start sets it to error, removes its objects and runs its job again.
     """
     store = str(tmp_path / 'store')
     volume = tmp_path / 'disk.img'
@@ -445,10 +445,14 @@ def test_startup_cleans_up_after_a_crash(tmp_path, services):
     record = catalog.backup(crashed['id'])
     assert record['status'] == 'error' and record['owner'] is None, record
     assert objects_of(store, record) == []
-    assert catalog.job(crashed_job)['status'] == 'failed'
+    # The interrupted job ran again (before the later one: it is older).
+    rerun = catalog.job(crashed_job)
+    assert (rerun['status'], rerun['attempts']) == ('done', 2), rerun
+    assert rerun['backup_id'] != crashed['id']
+    assert catalog.backup(rerun['backup_id'])['parent_id'] == good['id']
     assert done['status'] == 'done', done
     latest = catalog.backup(done['backup_id'])
-    assert latest['parent_id'] == good['id']
+    assert latest['parent_id'] == rerun['backup_id']
     assert restore(config, tmp_path, latest['id']) == data
 
 
