@@ -33,6 +33,9 @@ import zstandard
 MiB = 2 ** 20
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import benchlib  # noqa: E402  (beside this file)
 
 
 def _rate(fn, data, repeat=3):
@@ -107,64 +110,27 @@ def cpu_limit(limits, steps, cores):
 # One operation, in a child process (so peak RSS is that operation's own).
 
 def run_op(args):
-    from oslo_config import cfg
-
-    from chunkbackup.drivers import posix
     from chunkbackup.testing.record import BackupRecord
 
-    cfg.CONF([], project='chunkbackup', default_config_files=[])
-    cfg.CONF.set_override('path', args.root, 'backup_posix')
-    cfg.CONF.set_override('compression_algorithm', args.compression,
-                          'chunkbackup')
-    driver = posix.PosixBackupDriver(None)
-    driver.progress_listeners = []
-    catalog = {}
-    if os.path.exists(args.catalog):
-        with open(args.catalog) as f:
-            catalog = json.load(f)
-
-    def record(name):
-        if name is None:
-            return None
-        info = catalog[name]
-        rec = BackupRecord(info['volume_id'], id=info['id'],
-                           parent=record(info['parent']),
-                           container=info['container'],
-                           service_metadata=info['prefix'],
-                           status='available')
-        return rec
-
+    driver = benchlib.posix_driver(args.root,
+                                   compression_algorithm=args.compression)
+    catalog = benchlib.Catalog(args.catalog)
     t0 = time.perf_counter()
     if args.op == 'backup':
-        rec = BackupRecord('bench', parent=record(args.parent))
+        rec = BackupRecord('bench', parent=catalog.record(args.parent))
         with open(args.volume, 'rb') as f:
             driver.backup(rec, f)
-        catalog[args.name] = {'id': rec.id, 'volume_id': rec.volume_id,
-                              'parent': args.parent,
-                              'container': rec.container,
-                              'prefix': rec.service_metadata}
+        catalog.add(args.name, rec, args.parent)
     elif args.op == 'restore':
         with open(args.target, 'wb') as f:
-            driver.restore(record(args.name), 'bench', f, volume_is_new=True)
+            driver.restore(catalog.record(args.name), 'bench', f,
+                           volume_is_new=True)
     elif args.op == 'verify':
-        driver.verify(record(args.name))
+        driver.verify(catalog.record(args.name))
     seconds = time.perf_counter() - t0
-    with open(args.catalog, 'w') as f:
-        json.dump(catalog, f)
-    print(json.dumps({'seconds': seconds, 'rss_mib': peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM).
-
-    Not getrusage's ru_maxrss of the child: Linux copies the parent's peak
-    into a forked child, so every child would report at least the parent's.
-    """
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError('no VmHWM in /proc/self/status')
+    catalog.save()
+    print(json.dumps({'seconds': seconds,
+                      'rss_mib': benchlib.peak_rss_mib()}))
 
 
 def child(work, op, name, volume, compression='zstd', parent=None,

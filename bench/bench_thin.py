@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,9 @@ GiB = 2 ** 30
 BLOCK = 32768  # the default sha_block_size: the unit a map is judged in
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import benchlib  # noqa: E402  (beside this file)
 
 FULL_SIZES = {'thin_gib': 64, 'thin_data_mib': 1024,
               'big_gib': 1024, 'big_data_mib': 2048}
@@ -56,81 +58,38 @@ TARGET_RSS_MIB = 256.0
 # One operation, in a child process (so peak RSS is that operation's own).
 
 def run_op(args):
-    from oslo_config import cfg
-
-    from chunkbackup.drivers import posix
     from chunkbackup.engine import backup as backup_writer
     from chunkbackup.testing.record import BackupRecord
 
-    cfg.CONF([], project='chunkbackup', default_config_files=[])
-    cfg.CONF.set_override('path', args.root, 'backup_posix')
-    if args.read_everything:
-        cfg.CONF.set_override('skip_holes', False, 'chunkbackup')
-    driver = posix.PosixBackupDriver(None)
-    driver.progress_listeners = []
-    catalog = {}
-    if os.path.exists(args.catalog):
-        with open(args.catalog) as f:
-            catalog = json.load(f)
-
-    def record(name):
-        if name is None:
-            return None
-        info = catalog[name]
-        return BackupRecord(info['volume_id'], id=info['id'],
-                            parent=record(info['parent']),
-                            container=info['container'],
-                            service_metadata=info['prefix'],
-                            status='available')
-
+    engine = {'skip_holes': False} if args.read_everything else {}
+    driver = benchlib.posix_driver(args.root, **engine)
+    catalog = benchlib.Catalog(args.catalog)
     changed = None
     if args.changed_extents:
         with open(args.changed_extents) as f:
             changed = [tuple(extent) for extent in json.load(f)]
     stats = None
-    cpu0 = cpu_seconds()
+    cpu0 = benchlib.cpu_seconds()
     t0 = time.perf_counter()
     if args.op == 'backup':
-        rec = BackupRecord('bench', parent=record(args.parent))
+        rec = BackupRecord('bench', parent=catalog.record(args.parent))
         stats = backup_writer.BackupStats()
         with open(args.volume, 'rb') as f:
             driver.backup(rec, f, changed_extents=changed, stats=stats)
-        catalog[args.name] = {'id': rec.id, 'volume_id': rec.volume_id,
-                              'parent': args.parent,
-                              'container': rec.container,
-                              'prefix': rec.service_metadata}
+        catalog.add(args.name, rec, args.parent)
     elif args.op == 'restore':
         # The target exists at the volume's size, as a new thin volume.
         with open(args.target, 'r+b') as f:
-            driver.restore(record(args.name), 'bench', f, volume_is_new=True)
+            driver.restore(catalog.record(args.name), 'bench', f,
+                           volume_is_new=True)
     elif args.op == 'verify':
-        driver.verify(record(args.name))
+        driver.verify(catalog.record(args.name))
     seconds = time.perf_counter() - t0
-    cpu = cpu_seconds() - cpu0
-    with open(args.catalog, 'w') as f:
-        json.dump(catalog, f)
+    cpu = benchlib.cpu_seconds() - cpu0
+    catalog.save()
     print(json.dumps({'seconds': seconds, 'cpu_seconds': cpu,
-                      'rss_mib': peak_rss_mib(),
+                      'rss_mib': benchlib.peak_rss_mib(),
                       'stats': stats.to_dict() if stats else None}))
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process, all its threads.
-
-    The machine is shared: wall time stretches with other people's load,
-    CPU time much less, so both are reported.
-    """
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM); see bench_engine.py for why."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError('no VmHWM in /proc/self/status')
 
 
 def child(work, op, name, volume, parent=None, target=None,
