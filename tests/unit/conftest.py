@@ -4,6 +4,7 @@ import uuid
 from oslo_config import cfg
 import pytest
 
+from chunkbackup.catalog import api
 from chunkbackup.drivers import posix
 from chunkbackup.testing.record import BackupRecord
 
@@ -77,3 +78,18 @@ class Ops:
 @pytest.fixture
 def ops(tmp_path):
     return Ops(tmp_path)
+
+
+@pytest.fixture
+def catalog(tmp_path, conf):
+    """A real SQLite catalog and a posix store below tmp_path."""
+    conf('connection', 'sqlite:///%s' % (tmp_path / 'catalog.sqlite'),
+         'database')
+    conf('path', str(tmp_path / 'store'), 'backup_posix')
+    conf('object_size', 64 * 1024, 'backup_posix')
+    conf('driver', 'posix')
+    cat = api.Catalog()
+    yield cat
+    cat.dispose()
+    CONF.clear_override('connection', 'database')
+    CONF.clear_override('driver', 'chunkbackup')

@@ -15,20 +15,6 @@ from chunkbackup import progress
 CONF = cfg.CONF
 
 
-@pytest.fixture
-def catalog(tmp_path, conf):
-    conf('connection', 'sqlite:///%s' % (tmp_path / 'catalog.sqlite'),
-         'database')
-    conf('path', str(tmp_path / 'store'), 'backup_posix')
-    conf('object_size', 64 * 1024, 'backup_posix')
-    conf('driver', 'posix')
-    cat = api.Catalog()
-    yield cat
-    cat.dispose()
-    CONF.clear_override('connection', 'database')
-    CONF.clear_override('driver', 'chunkbackup')
-
-
 class DeleteCatalogWhenStarted(progress.ProgressListener):
     def __init__(self, path):
         self.path = path

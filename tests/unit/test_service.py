@@ -166,20 +166,6 @@ def test_retention_properties(case):
 # A real catalog and store -------------------------------------------------
 
 @pytest.fixture
-def catalog(tmp_path, conf):
-    conf('connection', 'sqlite:///%s' % (tmp_path / 'catalog.sqlite'),
-         'database')
-    conf('path', str(tmp_path / 'store'), 'backup_posix')
-    conf('object_size', 64 * 1024, 'backup_posix')
-    conf('driver', 'posix')
-    cat = api.Catalog()
-    yield cat
-    cat.dispose()
-    CONF.clear_override('connection', 'database')
-    CONF.clear_override('driver', 'chunkbackup')
-
-
-@pytest.fixture
 def session(catalog):
     s = catalog.session()
     yield s
