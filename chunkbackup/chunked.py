@@ -428,8 +428,12 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                 reason='%d object(s) named in _metadata are missing: %s'
                        % (len(problems), ', '.join(p[1] for p in problems)))
         if problems:
+            # As any BackupCorrupted, it names an object and an offset:
+            # the first bad one in volume order.
+            offset, name = problems[0][:2]
             raise exception.BackupVerifyFailed(
-                backup_id=backup.id, count=len(problems),
+                backup_id=backup.id, object=name, offset=offset,
+                count=len(problems),
                 problems='; '.join(p[2] for p in problems))
         return plan
 
