@@ -110,25 +110,14 @@ def cpu_limit(limits, steps, cores):
 # One operation, in a child process (so peak RSS is that operation's own).
 
 def run_op(args):
-    from chunkbackup.testing.record import BackupRecord
 
     driver = benchlib.posix_driver(args.root,
                                    compression_algorithm=args.compression)
     catalog = benchlib.Catalog(args.catalog)
     t0 = time.perf_counter()
-    if args.op == 'backup':
-        rec = BackupRecord('bench', parent=catalog.record(args.parent))
-        with open(args.volume, 'rb') as f:
-            driver.backup(rec, f)
-        catalog.add(args.name, rec, args.parent)
-    elif args.op == 'restore':
-        with open(args.target, 'wb') as f:
-            driver.restore(catalog.record(args.name), 'bench', f,
-                           volume_is_new=True)
-    elif args.op == 'verify':
-        driver.verify(catalog.record(args.name))
+    benchlib.run_operation(driver, catalog, args.op, args.name, args.parent,
+                           args.volume, args.target)
     seconds = time.perf_counter() - t0
-    catalog.save()
     print(json.dumps({'seconds': seconds,
                       'rss_mib': benchlib.peak_rss_mib()}))
 

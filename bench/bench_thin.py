@@ -59,7 +59,6 @@ TARGET_RSS_MIB = 256.0
 
 def run_op(args):
     from chunkbackup.engine import backup as backup_writer
-    from chunkbackup.testing.record import BackupRecord
 
     engine = {'skip_holes': False} if args.read_everything else {}
     driver = benchlib.posix_driver(args.root, **engine)
@@ -71,22 +70,15 @@ def run_op(args):
     stats = None
     cpu0 = benchlib.cpu_seconds()
     t0 = time.perf_counter()
+    backup_args = {}
     if args.op == 'backup':
-        rec = BackupRecord('bench', parent=catalog.record(args.parent))
         stats = backup_writer.BackupStats()
-        with open(args.volume, 'rb') as f:
-            driver.backup(rec, f, changed_extents=changed, stats=stats)
-        catalog.add(args.name, rec, args.parent)
-    elif args.op == 'restore':
-        # The target exists at the volume's size, as a new thin volume.
-        with open(args.target, 'r+b') as f:
-            driver.restore(catalog.record(args.name), 'bench', f,
-                           volume_is_new=True)
-    elif args.op == 'verify':
-        driver.verify(catalog.record(args.name))
+        backup_args = {'changed_extents': changed, 'stats': stats}
+    # A restore's target exists at the volume's size, as a new thin volume.
+    benchlib.run_operation(driver, catalog, args.op, args.name, args.parent,
+                           args.volume, args.target, 'r+b', **backup_args)
     seconds = time.perf_counter() - t0
     cpu = benchlib.cpu_seconds() - cpu0
-    catalog.save()
     print(json.dumps({'seconds': seconds, 'cpu_seconds': cpu,
                       'rss_mib': benchlib.peak_rss_mib(),
                       'stats': stats.to_dict() if stats else None}))

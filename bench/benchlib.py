@@ -48,6 +48,28 @@ def posix_driver(root: str, **engine: Any) -> Any:
     return driver
 
 
+def remote_driver(store: str, groups: Dict[str, Dict[str, Any]]) -> Any:
+    """A swift or s3 driver, options set by group: {'backup_s3': {...}}.
+
+    The remote benchmark hands a child process its endpoint, credentials
+    and object size this way, as a config file would.
+    """
+    from oslo_config import cfg
+
+    from chunkbackup.drivers import s3
+    from chunkbackup.drivers import swift
+
+    classes = {'swift': swift.SwiftBackupDriver, 's3': s3.S3BackupDriver}
+    cfg.CONF([], project='chunkbackup', default_config_files=[])
+    driver_class = classes[store]
+    for group, values in groups.items():
+        for name, value in values.items():
+            cfg.CONF.set_override(name, value, group)
+    driver = driver_class(None)
+    driver.progress_listeners = []
+    return driver
+
+
 class Catalog:
     """The backups earlier child processes made, by the benchmark's name."""
 
@@ -80,3 +102,31 @@ class Catalog:
     def save(self) -> None:
         with open(self.path, 'w') as f:
             json.dump(self.entries, f)
+
+
+def run_operation(driver: Any, catalog: Catalog, op: str, name: str,
+                  parent: Optional[str] = None, volume: Optional[str] = None,
+                  target: Optional[str] = None, target_mode: str = 'wb',
+                  **backup_args: Any) -> None:
+    """One benchmark operation (backup, restore, verify) of ``name``.
+
+    A backup is recorded in ``catalog`` (saved) as the child of ``parent``;
+    a restore writes ``target``, opened with ``target_mode`` ('r+b' for a
+    target that already has the volume's size).
+    """
+    from chunkbackup.testing.record import BackupRecord
+
+    if op == 'backup':
+        record = BackupRecord('bench', parent=catalog.record(parent))
+        with open(volume, 'rb') as f:
+            driver.backup(record, f, **backup_args)
+        catalog.add(name, record, parent)
+    elif op == 'restore':
+        with open(target, target_mode) as f:
+            driver.restore(catalog.record(name), 'bench', f,
+                           volume_is_new=True)
+    elif op == 'verify':
+        driver.verify(catalog.record(name))
+    else:
+        raise ValueError('unknown benchmark operation %r' % op)
+    catalog.save()

@@ -19,6 +19,9 @@ from chunkbackup import exception
 from chunkbackup import names
 
 VERSION = '1.0.0'
+# The version of an encrypted backup's _metadata (chunkbackup.crypto):
+# Cinder restores only 1.0.0, so it refuses these before reading objects.
+ENCRYPTED_VERSION = '1.0.0-aes-256-gcm'
 DIGEST_SIZE = 32
 # Larger objects than this are refused as corrupt metadata: Cinder's largest
 # default object (posix, 1999994880 bytes) is below it.
@@ -77,15 +80,22 @@ class ObjectEntry:
     length: int
     compression: str
     md5: str
+    # An encrypted object re-homed by a fold or a synthetic full keeps the
+    # associated data it was sealed with: "BACKUP_ID:NAME" (None: this
+    # backup's id and this name).
+    sealed_as: Optional[str] = None
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
     def to_json(self) -> dict:
-        return {self.name: {'offset': self.offset, 'length': self.length,
-                            'compression': self.compression,
-                            'md5': self.md5}}
+        info: Dict[str, Any] = {'offset': self.offset, 'length': self.length,
+                                'compression': self.compression,
+                                'md5': self.md5}
+        if self.sealed_as:
+            info['sealed_as'] = self.sealed_as
+        return {self.name: info}
 
 
 @dataclasses.dataclass
@@ -99,10 +109,15 @@ class Metadata:
     backup_description: Optional[str] = None
     created_at: Optional[str] = None
     extra_metadata: object = None
+    # An encrypted backup's key section (chunkbackup.crypto.envelope).
+    encryption: Optional[Dict[str, Any]] = None
+    # The document as read, for checking its HMAC (not written).
+    raw: Optional[Dict[str, Any]] = dataclasses.field(default=None,
+                                                      repr=False)
 
     def to_json(self) -> dict:
         doc: Dict[str, Any] = {
-            'version': VERSION,
+            'version': ENCRYPTED_VERSION if self.encryption else VERSION,
             'backup_id': self.backup_id,
             'volume_id': self.volume_id,
             'backup_name': self.backup_name,
@@ -114,6 +129,8 @@ class Metadata:
         }
         if self.extra_metadata:
             doc['extra_metadata'] = self.extra_metadata
+        if self.encryption:
+            doc['encryption'] = dict(self.encryption)
         return doc
 
 
@@ -168,7 +185,7 @@ class _Checker:
         return exception.InvalidBackupMetadata(
             backup_id=self.backup_id, object=self.object_name, reason=reason)
 
-    def load(self, body) -> dict:
+    def load(self, body, versions=(VERSION,)) -> dict:
         try:
             doc = json.loads(bytes(body).decode('utf-8'))
         except UnicodeDecodeError:
@@ -178,7 +195,7 @@ class _Checker:
         if not isinstance(doc, dict):
             raise self.fail('it is not a JSON object')
         version = doc.get('version')
-        if version != VERSION:
+        if version not in versions:
             raise exception.UnsupportedBackupVersion(
                 backup_id=self.backup_id, version=version,
                 supported=VERSION)
@@ -210,7 +227,7 @@ def parse_metadata(body: Union[bytes, bytearray, memoryview],
     names (discovering backups in a store).
     """
     check = _Checker(backup_id or object_name, object_name)
-    doc = check.load(body)
+    doc = check.load(body, (VERSION, ENCRYPTED_VERSION))
     stored_id = check.key(doc, 'backup_id', str)
     if backup_id is not None and stored_id != backup_id:
         raise check.fail('it belongs to backup %s' % stored_id)
@@ -252,10 +269,25 @@ def parse_metadata(body: Union[bytes, bytearray, memoryview],
         md5 = info.get('md5')
         if not isinstance(md5, str) or not _MD5_RE.match(md5):
             raise check.fail(where + 'md5 %r is not a hex MD5' % (md5,))
-        objects.append(ObjectEntry(name, offset, length, label.lower(), md5))
+        sealed_as = info.get('sealed_as')
+        if sealed_as is not None and (
+                not isinstance(sealed_as, str) or ':' not in sealed_as):
+            raise check.fail(where + 'sealed_as %r is not BACKUP_ID:NAME'
+                             % (sealed_as,))
+        objects.append(ObjectEntry(name, offset, length, label.lower(), md5,
+                                   sealed_as))
     parent_id = check.key(doc, 'parent_id', str, nullable=True)
     volume_meta = check.optional(doc, 'volume_meta', str)
+    encryption = None
+    if doc['version'] == ENCRYPTED_VERSION:
+        encryption = check.key(doc, 'encryption', dict)
+        for key in ('cipher', 'key_id', 'wrapped_key', 'chain', 'mac'):
+            check.key(encryption, key, str)
+        if encryption['cipher'] != 'aes-256-gcm':
+            raise check.fail('cipher %r is not one this version reads'
+                             % encryption['cipher'][:32])
     return Metadata(
+        encryption=encryption, raw=doc,
         backup_id=stored_id,
         volume_id=check.key(doc, 'volume_id', str),
         parent_id=parent_id,

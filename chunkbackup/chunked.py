@@ -11,7 +11,9 @@ retries, limits, metrics at one root) and hands that store, the backup's
 - ``engine.plan``: the restore plan, from metadata alone;
 - ``engine.restore``: the restore executor and its sinks.
 
-See ``chunkbackup.drivers.posix`` for the smallest driver.
+The objects, ``_sha256file`` and ``_metadata`` it stores, and their
+names, are Cinder's chunked-backup format, described in our own words in
+doc/format.md. See ``chunkbackup.drivers.posix`` for the smallest driver.
 """
 import abc
 import dataclasses
@@ -24,10 +26,15 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import checksums
+from chunkbackup.crypto.envelope import ChainKeys
+from chunkbackup.crypto import keys as crypto_keys
 from chunkbackup import driver
 from chunkbackup.engine import backup as backup_writer
 from chunkbackup.engine import blockmap
 from chunkbackup.engine import documents
+from chunkbackup.engine import encryption
+from chunkbackup.engine import fold
 from chunkbackup.engine.options import EngineOptions
 from chunkbackup.engine import plan as restore_plan
 from chunkbackup.engine import readplan
@@ -35,6 +42,7 @@ from chunkbackup.engine import restore as restore_executor
 from chunkbackup.engine import sources
 from chunkbackup import exception
 from chunkbackup import names
+from chunkbackup import objectlock
 from chunkbackup import opts  # noqa: F401  (registers [chunkbackup])
 from chunkbackup import progress
 from chunkbackup.records import BackupLike
@@ -87,7 +95,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         # Added by storage.add_wrapper (tests' fault injection).
         self.extra_store_wrappers: List[storage.Wrapper] = []
         self._zeros = backup_writer.Zeros(
-            self.engine_options.sha_block_size, object_size, self.compressor)
+            self.engine_options.sha_block_size,
+            max(self.engine_options.sha_block_size,
+                min(object_size, backup_writer.PIECE_SIZE)),
+            self.compressor)
+        self._key_source: Optional[crypto_keys.KeySource] = None
 
     @property
     def sha_block_size(self) -> int:
@@ -172,11 +184,58 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
     def flush_container(self, container: str) -> None:
         """Make the objects written so far durable (before _metadata)."""
 
+    def copy_object(self, container: str, object_name: str,
+                    dest_container: str, dest_name: str) -> bool:
+        """Copy an object inside the store, on the server (optional hook).
+
+        The copy must appear only once complete, with the same body (and
+        encryption) as the original. Return False when this store cannot
+        copy: the engine then copies through the client.
+        """
+        return False
+
+    @property
+    def store_label(self) -> str:
+        """The driver's short name for messages: posix, swift, s3, ..."""
+        return type(self).__module__.rsplit('.', 1)[-1]
+
+    # Object lock (chunkbackup.objectlock): the store's mechanism that
+    # refuses deletes before a date ('S3 object lock'), or None when this
+    # driver's store has none.
+    object_lock_mechanism: Optional[str] = None
+
+    def object_lock_hint(self) -> Optional[str]:
+        """Why new backups would not be locked (None: they are)."""
+        if not self.object_lock_mechanism:
+            return objectlock.cannot_lock(self.store_label)
+        return 'object lock is not set up for this driver'
+
+    def object_lock_of(self, backup: BackupLike
+                       ) -> Optional[objectlock.ObjectLock]:
+        """The lock the store holds on a backup's objects, or None."""
+        return None
+
     def wrap_store(self, store: storage.ObjectStore) -> storage.ObjectStore:
         """Wrap the driver's store, inside metrics, limits and retries."""
         return store
 
     # ------------------------------------------------------------------
+
+    def key_source(self) -> crypto_keys.KeySource:
+        """Where the master keys of encrypted backups come from, once."""
+        if self._key_source is None:
+            self._key_source = crypto_keys.configured_source(
+                self.engine_options.key_file,
+                context=getattr(self, 'context', None))
+        return self._key_source
+
+    def _new_chain_keys(self, backup, parent) -> Optional[ChainKeys]:
+        """The keys of a new backup: its parent's, or a new chain's."""
+        if parent is not None:
+            return parent.keys
+        if not self.engine_options.encrypts:
+            return None
+        return ChainKeys.create(self.key_source().current(), backup.id)
 
     @property
     def store(self) -> storage.ObjectStore:
@@ -219,10 +278,13 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         return check
 
     def _read_block_map(self, backup: BackupLike,
-                        location: documents.Location) -> blockmap.BlockMap:
+                        location: documents.Location,
+                        keys: Optional[ChainKeys] = None
+                        ) -> blockmap.BlockMap:
         block_map = documents.read_block_map(
             self.store, backup, location, self.engine_options.block_map_memory,
-            self.engine_options.temp_dir)
+            self.engine_options.temp_dir,
+            digests=keys.digests if keys else checksums.PLAIN)
         assert block_map is not None  # without missing_ok a missing one raises
         return block_map
 
@@ -241,6 +303,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """
         check_safe_id('backup id', backup.id)
         check_safe_id('volume id', backup.volume_id)
+        self.check_lock_required()
         source = sources.open_source(volume_file,
                                      self.engine_options.skip_holes)
         stats = stats if stats is not None else BackupStats()
@@ -277,10 +340,13 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         self.store.ensure_container(location.container)
         extra_metadata = self.get_extra_metadata(
             backup, {'id': backup.volume_id, 'size': backup.size})
+        keys = self._new_chain_keys(backup, parent)
+        stats.encryption = ChainKeys.cipher if keys is not None else None
         try:
             segments = self._segments(source, parent, changed_extents, stats)
             writer = backup_writer.BackupWriter(
-                self.store, self.engine_options, self.compressor, self._zeros)
+                self.store, self.engine_options, self.compressor, self._zeros,
+                keys, backup.id)
             run = self._run(backup, 'backup', source.size)
             run.progress.details.update(prefix=location.prefix,
                                         objects=writer.entries,
@@ -299,7 +365,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                     self.store, backup, location, entries, block_map,
                     volume_meta, extra_metadata,
                     lambda: self.flush_container(location.container),
-                    lambda: run.check_cancel(force=True))
+                    lambda: run.check_cancel(force=True), keys)
         except exception.BackupOperationCancelled as e:
             LOG.warning('Backup %(id)s was cancelled; removing the objects '
                         'it wrote.', {'id': backup.id})
@@ -334,7 +400,7 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
 
     def _parent(self, backup, volume_size) -> backup_writer.Parent:
         return readplan.load_parent(self.store, backup, volume_size,
-                                    self.engine_options)
+                                    self.engine_options, self.key_source)
 
     def _segments(self, source, parent, changed_extents, stats
                   ) -> List[sources.Segment]:
@@ -355,10 +421,12 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         """
         chain = documents.load_chain(self.store, backup, check_listing)
         target = chain[-1]
+        keys = encryption.chain_keys(chain, self.key_source)
         block_map = documents.read_block_map(
             self.store, backup, target.location,
             self.engine_options.block_map_memory,
-            self.engine_options.temp_dir, missing_ok=True)
+            self.engine_options.temp_dir, missing_ok=True,
+            digests=keys.digests if keys else checksums.PLAIN)
         if block_map is None:
             LOG.warning('Backup %(id)s has no _sha256file (%(name)s is '
                         'lost): restoring it from its objects with each '
@@ -367,13 +435,16 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                         'incremental.',
                         {'id': backup.id, 'name': target.location.sha256file})
             size = restore_plan.check_chain(chain, 1)
-            return restore_plan.plan(chain, None, size, self.sha_block_size)
+            plan = restore_plan.plan(chain, None, size, self.sha_block_size)
+            plan.keys = keys
+            return plan
         try:
             size = restore_plan.check_chain(chain, block_map.block_size)
             plan = restore_plan.plan(chain, block_map, size)
         except BaseException:
             block_map.close()
             raise
+        plan.keys = keys
         LOG.debug('Restore plan of backup %(id)s: %(size)d bytes from a '
                   'chain of %(n)d, %(f)d objects to fetch, %(z)d zero bytes.',
                   {'id': backup.id, 'size': size, 'n': len(chain),
@@ -381,15 +452,28 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         return plan
 
     def restore(self, backup: BackupLike, volume_id: str, volume_file: Any,
-                volume_is_new: bool = False) -> None:
+                volume_is_new: bool = False,
+                byte_range: Optional[Range] = None) -> None:
+        """Restore the backup's image, or with ``byte_range`` (offset,
+        length) only those bytes, written from the start of the target.
+        """
         plan = self.plan_restore(backup)
         sink = (volume_file if isinstance(volume_file,
                                           restore_executor.Sink)
                 else restore_executor.FileSink(volume_file, volume_is_new,
                                                self._zeros.piece))
+        total = plan.size
+        if byte_range is not None:
+            try:
+                plan = restore_plan.restrict(plan, *byte_range)
+            except BaseException:
+                plan.close()
+                raise
+            sink = restore_executor.RangeSink(sink, *byte_range)
+            total = byte_range[1]
         try:
             self._execute(backup, plan, sink, 'restore',
-                          self.engine_options.restore_check_md5)
+                          self.engine_options.restore_check_md5, total=total)
         except exception.BackupRestoreCancel as e:
             error = self.restore_cancelled(backup, volume_id, e)
             if error is e:
@@ -398,8 +482,13 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         # Every layer's, base first, as Cinder applies them: older keys
         # survive, newer ones win.
         for layer in plan.chain:
-            if layer.metadata.volume_meta:
-                self.put_metadata(volume_id, layer.metadata.volume_meta)
+            volume_meta = layer.metadata.volume_meta
+            if volume_meta and plan.keys is not None:
+                volume_meta = plan.keys.open_text(volume_meta,
+                                                  layer.backup.id,
+                                                  'volume_meta')
+            if volume_meta:
+                self.put_metadata(volume_id, volume_meta)
 
     def verify(self, backup: BackupLike) -> RestorePlan:
         """Check a backup as a restore would, writing nothing.
@@ -438,10 +527,11 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
         return plan
 
     def _execute(self, backup, plan, sink, operation, check_md5,
-                 problems=None):
+                 problems=None, total=None):
         executor = restore_executor.RestoreExecutor(self.store,
                                                     self.engine_options)
-        run = self._run(backup, operation, plan.size)
+        run = self._run(backup, operation,
+                        plan.size if total is None else total)
         try:
             with run.progress:
                 executor.execute(plan, sink, check_md5, run, problems)
@@ -467,9 +557,167 @@ class ChunkedBackupDriver(driver.BackupDriver, metaclass=abc.ABCMeta):
                 yield container, name
 
     # ------------------------------------------------------------------
+    # Re-homing: folds and synthetic fulls (engine.fold).
+
+    def fold_into_child(self, parent: BackupLike,
+                        child: BackupLike) -> 'fold.Rehoming':
+        """Fold ``parent`` into ``child`` in the store (not the records).
+
+        The objects of the parent that own bytes of the child's image are
+        copied under the child's prefix, then the child's ``_metadata``
+        is replaced (naming the parent's parent). The parent's objects are
+        left for the caller to delete once its records agree.
+        """
+        chain = documents.load_chain(self.store, child, check_listing=True)
+        keys = encryption.chain_keys(chain, self.key_source)
+        if len(chain) < 2 or chain[-2].backup.id != parent.id:
+            raise exception.InvalidBackup(
+                reason='backup %s is not the parent of backup %s in the '
+                       'store' % (parent.id, child.id))
+        rehoming = fold.plan_fold(chain[-2], chain[-1])
+        before = max(layer.end for layer in chain)
+        if not rehoming.metadata.parent_id:
+            # The child becomes a full backup: see fold.make_base_safe.
+            with self._read_block_map(child, chain[-1].location,
+                                      keys) as bm:
+                fold.make_base_safe(rehoming, bm, before)
+        after_chain = chain[:-2] + [documents.Layer(
+            child, chain[-1].location, rehoming.metadata)]
+        restore_plan.check_chain(after_chain, self.sha_block_size)
+        if max(layer.end for layer in after_chain) != before:
+            raise exception.InvalidBackup(
+                reason='folding backup %s into %s would change the size of '
+                       'its image (a bug): nothing was changed'
+                       % (parent.id, child.id))
+        LOG.info('Folding backup %(p)s into %(c)s: %(n)d object(s) copied '
+                 'under %(prefix)s, %(d)d that own nothing dropped.',
+                 {'p': parent.id, 'c': child.id, 'n': len(rehoming.copies),
+                  'prefix': chain[-1].prefix, 'd': len(rehoming.dropped)})
+        fold.rewrite(self.store, rehoming, self.compressor, keys, child.id)
+        fold.copy_objects(self.store, rehoming, self.engine_options)
+        self.flush_container(chain[-1].container)
+        fold.write_metadata(self.store, chain[-1].location,
+                            rehoming.metadata, keys)
+        self.flush_container(chain[-1].container)
+        return rehoming
+
+    def fold_state(self, parent: BackupLike, child: BackupLike) -> str:
+        """Where an interrupted fold stands in the store.
+
+        'done': the child's ``_metadata`` names the parent's parent (the
+        parent's objects may go); 'undone': it still names the parent, and
+        the copies the fold made (objects with the child's prefix that its
+        ``_metadata`` does not name) are removed here.
+        """
+        location = documents.Location.of(child)
+        metadata = documents.read_metadata(self.store, child, location)
+        if (metadata.parent_id or None) != parent.id:
+            return 'done'
+        layer = documents.Layer(child, location, metadata)
+        stray = fold.stray_copies(self.store, layer)
+        for name in stray:
+            self.store.delete(location.container, name)
+        if stray:
+            LOG.warning('Removed %(n)d copy(ies) an interrupted fold of '
+                        'backup %(p)s had made under %(c)s.',
+                        {'n': len(stray), 'p': parent.id, 'c': child.id})
+        return 'undone'
+
+    def synthetic_full(self, backup: BackupLike,
+                       newest: BackupLike) -> 'fold.Rehoming':
+        """Make ``backup`` a full backup of ``newest``'s image, from the
+        store alone (no volume read): see ``engine.fold``.
+        """
+        self.check_lock_required()
+        chain = documents.load_chain(self.store, newest, check_listing=True)
+        keys = encryption.chain_keys(chain, self.key_source)
+        location = documents.Location(
+            self._container_of(backup),
+            self._generate_object_name_prefix(backup))
+        backup.container = location.container
+        backup.service_metadata = location.prefix
+        backup.size = max(1, -(-max(layer.end for layer in chain) // GiB))
+        backup.save()
+        self.store.ensure_container(location.container)
+        common = documents.common_fields(backup)
+        rehoming = fold.plan_synthetic(chain, location, common)
+        if keys is not None and rehoming.metadata.volume_meta:
+            # Sealed for the newest backup: sealed anew for this one.
+            rehoming.metadata.volume_meta = keys.seal_text(
+                keys.open_text(rehoming.metadata.volume_meta, newest.id,
+                               'volume_meta'), backup.id, 'volume_meta')
+        try:
+            block_map = self._read_block_map(newest, chain[-1].location,
+                                             keys)
+            with block_map:
+                fold.make_base_safe(rehoming, block_map,
+                                    max(layer.end for layer in chain))
+                fold.rewrite(self.store, rehoming, self.compressor, keys,
+                             backup.id)
+                fold.copy_objects(self.store, rehoming, self.engine_options)
+                extra = rehoming.metadata.extra_metadata
+                self.store.put_stream(
+                    location.container, location.sha256file,
+                    blockmap.sha256file_chunks(block_map, common),
+                    extra if isinstance(extra, dict) else None)
+            self.flush_container(location.container)
+            fold.write_metadata(self.store, location, rehoming.metadata,
+                                keys)
+            self.flush_container(location.container)
+        except BaseException as e:
+            LOG.info('Synthetic full %(id)s failed (%(err)s); removing the '
+                     'objects it copied.', {'id': backup.id, 'err': e})
+            self._delete_objects_quietly(location.container, location.prefix)
+            raise
+        backup.object_count = len(rehoming.metadata.objects)
+        backup.save()
+        return rehoming
+
+    # ------------------------------------------------------------------
+    # Key rotation.
+
+    def rewrap_backup(self, backup: BackupLike,
+                      master: crypto_keys.MasterKey) -> str:
+        """Wrap an encrypted backup's data key under ``master``.
+
+        Only ``_metadata`` is rewritten (signed anew): data objects stay
+        as they are. Returns 'rewrapped', 'current' (already under that
+        key) or 'plain' (not encrypted).
+        """
+        location = documents.Location.of(backup)
+        metadata = documents.read_metadata(self.store, backup, location)
+        if metadata.encryption is None:
+            return 'plain'
+        old_id = metadata.encryption['key_id']
+        layer = documents.Layer(backup, location, metadata)
+        keys = encryption.open_layer(layer, self.key_source)
+        if old_id == master.key_id:
+            return 'current'
+        rewrapped = keys.rewrapped(master, self.key_source().get(old_id))
+        document = dict(metadata.raw or {})
+        rewrapped.sign(document)
+        extra = metadata.extra_metadata
+        self.store.put(location.container, location.metadata,
+                       fmt.dumps(document),
+                       extra if isinstance(extra, dict) else None)
+        self.flush_container(location.container)
+        return 'rewrapped'
+
+    # ------------------------------------------------------------------
     # Delete.
 
+    def check_lock_required(self) -> None:
+        """``[chunkbackup] require_object_lock``: refuse a backup that
+        would not be locked, before anything is written.
+        """
+        objectlock.check_required(self, self.store_label,
+                                  CONF.chunkbackup.require_object_lock)
+
     def delete_backup(self, backup: BackupLike) -> None:
+        # Before anything is removed: the store would refuse the deletes
+        # one by one, after the _metadata of a governance-locked backup
+        # on a store that allowed it.
+        objectlock.refuse_if_locked(backup, self)
         dependents = getattr(backup, 'num_dependent_backups', 0) or 0
         if getattr(backup, 'has_dependent_backups', False) or dependents:
             raise exception.BackupInUse(

@@ -5,10 +5,18 @@ zlib stream, ``bz2``/``bzip2`` one bz2 stream, ``zstd`` one frame that carries
 its content size. Decompression is always bounded by the length the metadata
 records, so a corrupt or hostile body cannot make us allocate more than one
 object's worth of memory.
+
+Objects are compressed and decompressed as streams, a piece at a time
+(``Compressor.stream``, ``decompress_stream``), so memory does not follow
+the object size. A streamed body is byte-for-byte the body ``compress``
+makes of the whole object: every codec's streaming output here does not
+depend on how the input is cut (zstd is always driven as a stream that
+is told the object's size, so its frame carries the content size).
 """
 import bz2
 import zlib
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import (Callable, Dict, Iterable, Iterator, Optional, Tuple,
+                    Union)
 
 import zstandard
 
@@ -94,11 +102,17 @@ class Compressor:
     def _zstd(self, data):
         cctx = getattr(self._local, 'zstd', None)
         if cctx is None:
-            # write_content_size: Cinder's reader needs it in the header.
-            cctx = zstandard.ZstdCompressor(level=self.level,
-                                            write_content_size=True)
+            cctx = self._zstd_compressor()
             self._local.zstd = cctx
-        return cctx.compress(data)
+        # As a stream told the size, like ``stream``: one-shot compress()
+        # cuts blocks differently, and both must store the same bytes.
+        encoder = cctx.compressobj(size=len(data))
+        return encoder.compress(data) + encoder.flush()
+
+    def _zstd_compressor(self) -> zstandard.ZstdCompressor:
+        # write_content_size: Cinder's reader needs it in the header.
+        return zstandard.ZstdCompressor(level=self.level,
+                                        write_content_size=True)
 
     def _looks_incompressible(self, data) -> bool:
         """Estimate from a few samples whether compressing can pay off.
@@ -120,12 +134,31 @@ class Compressor:
             packed += len(cctx.compress(sample))
         return packed > raw * _INCOMPRESSIBLE_RATIO
 
+    def stream(self, length: int, sample: Union[bytes, memoryview]
+               ) -> 'StreamEncoder':
+        """An encoder for an object of ``length`` bytes.
+
+        Its label is chosen from ``sample`` (the object's first piece):
+        data that looks incompressible is stored raw. Unlike ``compress``
+        a stream cannot fall back to raw at the end, so an object whose
+        later pieces do not compress stays compressed (a few bytes more);
+        an object that is its first piece is given to ``compress`` whole
+        (the label is then final after the first ``compress`` call).
+        """
+        if self._compress is None:
+            return _raw_encoder()
+        if len(sample) >= length:
+            return _WholeEncoder(self)
+        if self._looks_incompressible(sample):
+            return _raw_encoder()
+        return _stream_encoder(self, length)
+
     def compress(self, data: Union[bytes, memoryview]
                  ) -> Tuple[str, Union[bytes, memoryview]]:
         """Return (label, body): the raw data labelled none when smaller."""
         if self._compress is None:
             return 'none', data
-        if self.family != 'zstd' and self._looks_incompressible(data):
+        if self._looks_incompressible(data):
             return 'none', data
         body = self._compress(data)
         if len(body) >= len(data):
@@ -173,6 +206,58 @@ def _bounded_zstd(body, length):
                            allow_extra_data=False)
 
 
+class StreamEncoder:
+    """Compresses one object a piece at a time; ``label`` is its label.
+
+    Not thread-safe, but it may move between threads: calls are made in
+    order, one at a time.
+    """
+
+    def __init__(self, label: str,
+                 compress: Callable[[Union[bytes, memoryview]],
+                                    Union[bytes, memoryview]],
+                 flush: Callable[[], bytes]) -> None:
+        self.label = label
+        self.compress = compress
+        self.flush = flush
+
+
+class _WholeEncoder(StreamEncoder):
+    """An object that is one piece: ``Compressor.compress`` decides.
+
+    It keeps the raw fallback for data that does not shrink; ``label``
+    is known once ``compress`` was called.
+    """
+
+    def __init__(self, compressor: 'Compressor') -> None:
+        super().__init__(compressor.label, self._compress, lambda: b'')
+        self._compressor = compressor
+
+    def _compress(self, data):
+        self.label, body = self._compressor.compress(data)
+        return body
+
+
+def _raw_encoder() -> StreamEncoder:
+    # The data itself: a caller that reuses its buffer copies or waits.
+    return StreamEncoder('none', lambda data: data, lambda: b'')
+
+
+def _stream_encoder(compressor: 'Compressor', length: int) -> StreamEncoder:
+    family = compressor.family
+    level = (compressor.level if compressor.level is not None
+             else _DEFAULT_LEVELS[family or 'zstd'])
+    if family == 'zstd':
+        # A compressor per object: two objects' streams interleave on the
+        # same native threads, and a zstd context serves one stream.
+        obj = compressor._zstd_compressor().compressobj(size=length)
+    elif family == 'zlib':
+        obj = zlib.compressobj(level)
+    else:
+        obj = bz2.BZ2Compressor(level)
+    return StreamEncoder(compressor.label, obj.compress, obj.flush)
+
+
 _DECOMPRESSORS: Dict[str, Callable] = {
     'zlib': _bounded_zlib, 'bz2': _bounded_bz2, 'zstd': _bounded_zstd}
 
@@ -197,3 +282,136 @@ def decompress(label: str, body: bytes, length: int) -> bytes:
         raise ValueError("holds %d bytes, the metadata records %d"
                          % (len(out), length))
     return out
+
+
+class _Chunks:
+    """A file-like ``read`` over an iterator of chunks (for zstd)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._rest = memoryview(b'')
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._rest:
+            self._rest = memoryview(next(self._chunks, b''))
+        if size < 0 or size >= len(self._rest):
+            out, self._rest = self._rest, memoryview(b'')
+        else:
+            # A view moves on; only the part read is copied.
+            out, self._rest = self._rest[:size], self._rest[size:]
+        # Bytes, not the view: zstd keeps what read() returned.
+        return bytes(out)
+
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` bytes, or fewer, left for the next read."""
+        if not self._rest:
+            self._rest = memoryview(next(self._chunks, b''))
+        return bytes(self._rest[:size])
+
+
+def _zlib_stream(chunks, piece):
+    dec = zlib.decompressobj()
+    for chunk in chunks:
+        if dec.eof:
+            if chunk:
+                raise ValueError("bytes follow the zlib stream")
+            continue
+        while chunk:
+            out = dec.decompress(chunk, piece)
+            chunk = dec.unconsumed_tail
+            if out:
+                yield out
+            if dec.eof:
+                if chunk or dec.unused_data:
+                    raise ValueError("bytes follow the zlib stream")
+                break
+    out = dec.flush()
+    if out:
+        yield out
+    if not dec.eof:
+        raise ValueError("the zlib stream is truncated")
+
+
+def _bz2_stream(chunks, piece):
+    dec = bz2.BZ2Decompressor()
+    for chunk in chunks:
+        if dec.eof:
+            if chunk:
+                raise ValueError("bytes follow the bz2 stream")
+            continue
+        data = chunk
+        while not dec.eof:
+            out = dec.decompress(data, max_length=piece)
+            data = b''
+            if out:
+                yield out
+            if dec.needs_input:
+                break
+        if dec.eof and dec.unused_data:
+            raise ValueError("bytes follow the bz2 stream")
+    if not dec.eof:
+        raise ValueError("the bz2 stream is truncated")
+
+
+# A zstd frame header is at most this long (magic, descriptor, window,
+# dictionary id, content size).
+_ZSTD_MAX_HEADER = 18
+
+
+def _zstd_stream(chunks, piece, length):
+    source = _Chunks(chunks)
+    head = source.peek(_ZSTD_MAX_HEADER)
+    if head:
+        size = zstandard.frame_content_size(head)
+        if size > length:
+            # Refused from the header alone, before allocating anything.
+            raise ValueError("the zstd frame says %d bytes, the metadata %d"
+                             % (size, length))
+    dctx = zstandard.ZstdDecompressor()
+    # read_to_iter holds an input buffer of read_size.
+    yield from dctx.read_to_iter(source, read_size=piece, write_size=piece)
+
+
+def _pieces_of(chunks: Iterable[bytes], piece_size: int
+               ) -> Iterator[Union[bytes, memoryview]]:
+    """Chunks cut to at most piece_size (views: nothing is copied)."""
+    for chunk in chunks:
+        if len(chunk) <= piece_size:
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), piece_size):
+            yield view[start:start + piece_size]
+
+
+def decompress_stream(label: str, chunks: Iterable[bytes], length: int,
+                      piece_size: int) -> Iterator[Union[bytes, memoryview]]:
+    """The uncompressed body of ``chunks``, in pieces of at most piece_size.
+
+    Exactly ``length`` bytes in all, or ValueError saying what is wrong;
+    never more than a piece is held, whatever the body claims.
+    """
+    if label in NONE_LABELS:
+        pieces: Iterator[Union[bytes, memoryview]] = _pieces_of(
+            chunks, piece_size)
+    else:
+        family = _FAMILIES.get(label)
+        if family is None:
+            raise ValueError("unknown compression label %r" % (label,))
+        pieces = (_zstd_stream(chunks, piece_size, length)
+                  if family == 'zstd' else
+                  {'zlib': _zlib_stream, 'bz2': _bz2_stream}[family](
+                      chunks, piece_size))
+    total = 0
+    try:
+        for out in pieces:
+            total += len(out)
+            if total > length:
+                raise ValueError("decompresses to more than the recorded "
+                                 "%d bytes" % length)
+            yield out
+    except (zlib.error, OSError, EOFError, zstandard.ZstdError) as e:
+        raise ValueError("not a valid %s body: %s" % (label, e))
+    if total != length:
+        raise ValueError("holds %d bytes, the metadata records %d"
+                         % (total, length))

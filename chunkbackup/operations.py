@@ -12,12 +12,15 @@ import json
 import math
 import os
 import stat
+import time
 import uuid
-from typing import Callable, List, Optional, Sequence, Tuple, TYPE_CHECKING
+from typing import (Any, Callable, List, Optional, Sequence, Tuple,
+                    TYPE_CHECKING)
 
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import importutils
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
 from stevedore import driver as stevedore_driver
@@ -32,6 +35,7 @@ from chunkbackup.engine import restore as restore_sinks
 from chunkbackup.engine import sources
 from chunkbackup import exception
 from chunkbackup import extents
+from chunkbackup import objectlock
 from chunkbackup import progress
 
 if TYPE_CHECKING:
@@ -68,23 +72,25 @@ class OperationError(exception.ChunkBackupError):
     msg_fmt = "%(reason)s"
 
 
-def load_driver(name: Optional[str] = None
-                ) -> 'chunked.ChunkedBackupDriver':
-    """A driver by entry-point name (posix, swift, google, s3) or class."""
-    name = name or CONF.chunkbackup.driver
+def _driver_class(name: str) -> type:
+    """The driver class for an entry-point name or a class path."""
     try:
         if '.' in name:
-            cls = importutils.import_class(name)
-        else:
-            cls = stevedore_driver.DriverManager(
-                DRIVER_NAMESPACE, name, invoke_on_load=False).driver
+            return importutils.import_class(name)
+        return stevedore_driver.DriverManager(
+            DRIVER_NAMESPACE, name, invoke_on_load=False).driver
     except (ImportError, ValueError, stevedore_exception.NoMatches,
             RuntimeError) as e:
         raise exception.InvalidConfiguration(
             reason='[chunkbackup] driver = %s cannot be loaded (%s); use '
                    'posix, swift, google, s3 or a driver class path'
                    % (name, e))
-    driver = cls(None)
+
+
+def load_driver(name: Optional[str] = None
+                ) -> 'chunked.ChunkedBackupDriver':
+    """A driver by entry-point name (posix, swift, google, s3) or class."""
+    driver = _driver_class(name or CONF.chunkbackup.driver)(None)
     for observe in DRIVER_OBSERVERS:
         observe(driver)
     return driver
@@ -168,6 +174,7 @@ def volume_id_of(name: str) -> str:
 
 def create_backup(session: orm.Session, volume: str, *,
                   incremental: bool = False,
+                  fallback_full: bool = False,
                   name: Optional[str] = None,
                   description: Optional[str] = None,
                   volume_id: Optional[str] = None,
@@ -175,39 +182,68 @@ def create_backup(session: orm.Session, volume: str, *,
                   changed_extents: Optional[str] = None,
                   dirty_bitmap: Optional[str] = None,
                   listeners: Sequence[progress.ProgressListener] = (),
-                  on_created: Optional[Callable] = None) -> models.Backup:
+                  on_created: Optional[Callable] = None,
+                  warn: Optional[Callable[[str], None]] = None,
+                  volume_name: Optional[str] = None
+                  ) -> models.Backup:
     """Back up a file, block device or NBD export and record it.
 
     ``changed_extents`` is a changed-block map file (``-``: standard
     input) and ``dirty_bitmap`` the name of an NBD export's dirty bitmap:
     an incremental then reads only what they name (checked by sampling).
+
+    An incremental of a volume with no available backup is refused,
+    unless ``fallback_full``: then a full backup is made and ``warn``
+    (default: the log) says so in one line, as it says that a volume is
+    0 bytes long. The record's stats add the duration, the throughput
+    (volume bytes a second) and, for an incremental, the fraction of the
+    volume that changed.
     """
+    if warn is None:
+        warn = LOG.warning
     if (changed_extents is not None or dirty_bitmap) and not incremental:
         raise OperationError(
             reason='a changed-block map describes changes since a parent: '
                    'add --incremental (or leave out --changed-extents and '
                    '--dirty-bitmap for a full backup)')
     path, source = _open_source(volume, dirty_bitmap)
+    # What the record and messages call the volume (a spool file is not
+    # its name).
+    path = volume_name or path
     try:
         return _create_backup(session, path, source, incremental, name,
                               description, volume_id, container,
                               changed_extents, dirty_bitmap, listeners,
-                              on_created)
+                              on_created, fallback_full, warn)
     finally:
         source.close()
 
 
 def _create_backup(session, path, source, incremental, name, description,
                    volume_id, container, changed_extents, dirty_bitmap,
-                   listeners, on_created):
+                   listeners, on_created, fallback_full, warn):
     volume_id = volume_id or volume_id_of(path)
     driver = load_driver()
     driver.check_for_setup_error()
+    driver.check_lock_required()  # before a record is made
     dname = driver_name()
     parent = None
+    fallback = None
     if incremental:
         parent = api.latest_available(session, volume_id, dname)
-        if parent is None:
+        if parent is None and fallback_full:
+            fallback = ('no available backup of this volume to be the '
+                        'parent of an incremental')
+            ignored = ''
+            if changed_extents is not None or dirty_bitmap:
+                # A map of changes since a parent that is not there: a
+                # full backup reads everything anyway.
+                changed_extents, dirty_bitmap = None, None
+                ignored = ', the changed-block map unused'
+            warn('no available backup of %s to be the parent of an '
+                 'incremental: making a full backup%s '
+                 '(--incremental=strict refuses instead)' % (path, ignored))
+        elif parent is None:
             hint = ''
             if sources.is_nbd_url(path):
                 # libvirt and qemu-nbd sockets change from run to run.
@@ -217,25 +253,31 @@ def _create_backup(session, path, source, incremental, name, description,
             raise OperationError(
                 reason='no available backup of volume %s (%s) to be the '
                        'parent of an incremental; make a full backup '
-                       'first (leave out --incremental)%s' % (volume_id,
-                                                              path, hint))
+                       'first (leave out --incremental=strict)%s'
+                       % (volume_id, path, hint))
     changed = _changed_extents(source, changed_extents, dirty_bitmap)
     if source.size == 0:
-        LOG.warning('Volume %s is 0 bytes long: the backup will hold no '
-                    'data.', path)
+        warn('volume %s is 0 bytes long: the backup holds no data' % path)
     record = states.begin_backup(
         session, volume_id=volume_id, driver=dname, volume_path=path,
         parent=parent, name=name, description=description,
         container=container)
+    if parent is not None:
+        # The parent's chain is read: no fold may change it meanwhile.
+        _refuse_if_folding(session, record,
+                           lambda: _forget_unstarted(session, record))
     if on_created:
         on_created(record)
     driver.progress_listeners.extend(listeners)
     stats = engine_backup.BackupStats()
     try:
+        started = time.monotonic()
         driver.backup(record, source, changed_extents=changed, stats=stats)
+        recorded = backup_stats(stats.to_dict(), time.monotonic() - started,
+                                parent is not None, fallback)
+        recorded = with_object_lock(driver, record, recorded)
         try:
-            states.finish_backup(session, record, source.size,
-                                 stats.to_dict())
+            states.finish_backup(session, record, source.size, recorded)
         except states.StatusConflict:
             # A cancel, or a worker's takeover, came after the engine's
             # last look: the backup fails and what it wrote goes now.
@@ -249,6 +291,64 @@ def _create_backup(session, path, source, incremental, name, description,
         _record_failure(session, record, e)
         raise
     return record
+
+
+def backup_stats(stats: dict, seconds: float, incremental: bool,
+                 fallback: Optional[str] = None) -> dict:
+    """The engine's BackupStats with what only the caller knows.
+
+    ``duration_seconds`` of the engine's work, ``throughput_bytes_per_
+    second`` (volume bytes covered a second, holes included, as the
+    benchmarks count), ``changed_fraction`` of an incremental (the bytes
+    it stored, before compression, over the volume size) and, when an
+    incremental fell back to a full backup, why.
+    """
+    result = dict(stats)
+    size = int(result.get('volume_size') or 0)
+    result['duration_seconds'] = round(seconds, 6)
+    result['throughput_bytes_per_second'] = (
+        round(size / seconds) if seconds > 0 else None)
+    result['changed_fraction'] = (
+        (int(result.get('stored_logical_bytes') or 0) / size if size else
+         0.0) if incremental else None)
+    if fallback:
+        result['incremental_fallback'] = fallback
+    return result
+
+
+def with_object_lock(driver: 'chunked.ChunkedBackupDriver',
+                     record: models.Backup, stats: dict) -> dict:
+    """``stats`` with the lock the store holds on the backup, if any.
+
+    A store that cannot say (it failed) leaves it unrecorded:
+    backup-delete asks the store again.
+    """
+    if not driver.object_lock_mechanism:
+        return stats
+    try:
+        return objectlock.with_lock(stats, driver.object_lock_of(record))
+    except exception.ChunkBackupError as e:
+        LOG.warning('Could not read the object lock of backup %(id)s '
+                    '(%(err)s); backup-delete will ask the store.',
+                    {'id': record.id, 'err': e.msg})
+        return stats
+
+
+def driver_class_can_lock(name: str) -> Optional[bool]:
+    """Whether the driver ``name`` can lock objects (None: unknown), from
+    its class, without making one.
+    """
+    try:
+        cls = _driver_class(name)
+    except exception.InvalidConfiguration:
+        return None
+    return bool(getattr(cls, 'object_lock_mechanism', None))
+
+
+def refuse_if_locked(record: models.Backup,
+                     driver: 'chunked.ChunkedBackupDriver') -> None:
+    """Before anything changes: one line if an object lock holds it."""
+    objectlock.refuse_if_locked(record, driver)
 
 
 def _record_failure(session, record, error) -> None:
@@ -302,14 +402,24 @@ def _is_empty_target(path: str) -> Optional[bool]:
 
 def restore_backup(session: orm.Session, backup_id: str, target: str, *,
                    force: bool = False,
-                   listeners: Sequence[progress.ProgressListener] = ()
+                   listeners: Sequence[progress.ProgressListener] = (),
+                   byte_range: Optional[Tuple[int, int]] = None
                    ) -> models.Backup:
+    """Restore a backup to a file, block device or NBD export.
+
+    With ``byte_range`` (offset, length) only those bytes of the image are
+    restored, to the start of the target (a part extracted).
+    """
     record = api.get_backup(session, backup_id)
     if record.status != states.AVAILABLE:
         raise OperationError(
             reason='backup %s is %s; only available backups can be '
                    'restored' % (record.id, record.status))
     if sources.is_nbd_url(target):
+        if byte_range is not None:
+            raise OperationError(
+                reason='--offset and --length extract to a file or standard '
+                       'output, not to an NBD export')
         return _restore_to_nbd(session, record, target, force, listeners)
     empty = _is_empty_target(target)
     if empty is False and not force:
@@ -323,6 +433,8 @@ def restore_backup(session: orm.Session, backup_id: str, target: str, *,
     driver = load_driver(record.driver)
     driver.progress_listeners.extend(listeners)
     states.begin_restore(session, record)
+    _refuse_if_folding(session, record,
+                       lambda: states.end_restore(session, record))
     try:
         if empty is None:
             mode, volume_is_new = 'r+b', False
@@ -335,12 +447,57 @@ def restore_backup(session: orm.Session, backup_id: str, target: str, *,
             mode, volume_is_new = 'r+b', True
         with open(target, mode) as volume_file:
             driver.restore(record, record.volume_id, volume_file,
-                           volume_is_new=volume_is_new)
+                           volume_is_new=volume_is_new,
+                           **({'byte_range': byte_range} if byte_range
+                              else {}))
     except (exception.ChunkBackupError, OSError) as e:
         raise _incomplete(record, target, e) from e
     finally:
         states.end_restore(session, record)
     return record
+
+
+def restore_to_stream(session: orm.Session, backup_id: str, out: Any, *,
+                      listeners: Sequence[progress.ProgressListener] = (),
+                      byte_range: Optional[Tuple[int, int]] = None
+                      ) -> Tuple[models.Backup, int]:
+    """Restore to a stream (standard output), in order; (record, bytes).
+
+    Restored first into a sparse temporary file (chunkbackup.streams).
+    """
+    from chunkbackup import streams
+    streams.refuse_terminal(out)
+    with streams.restore_file(CONF.chunkbackup.temp_dir) as path:
+        record = restore_backup(session, backup_id, path, force=True,
+                                listeners=listeners, byte_range=byte_range)
+        try:
+            written = streams.copy_out(path, out)
+        except BrokenPipeError:
+            raise OperationError(
+                reason='the reader of standard output went away after part '
+                       'of backup %s: the copy it got is incomplete'
+                       % record.id)
+    return record, written
+
+
+def create_backup_from_stream(session: orm.Session, size: int, *,
+                              volume_id: Optional[str],
+                              stream: Any = None, **kwargs: Any
+                              ) -> models.Backup:
+    """Back up ``size`` bytes of standard input (chunkbackup.streams)."""
+    from chunkbackup import streams
+    if not volume_id:
+        raise OperationError(
+            reason='a backup of standard input needs --volume-id: it names '
+                   'the volume, so that incrementals find their parent')
+    if kwargs.get('changed_extents') == '-':
+        raise OperationError(
+            reason='standard input carries the volume: give the changed-'
+                   'block map as a file')
+    with streams.spooled_stdin(size, CONF.chunkbackup.temp_dir,
+                               stream) as path:
+        return create_backup(session, path, volume_id=volume_id,
+                             volume_name='stdin', **kwargs)
 
 
 def _incomplete(record, target: str, error: BaseException) -> OperationError:
@@ -366,6 +523,12 @@ def _restore_to_nbd(session, record, url, force, listeners):
     sink = restore_sinks.NbdSink(url, volume_is_new=False)
     states.begin_restore(session, record)
     try:
+        _refuse_if_folding(session, record,
+                           lambda: states.end_restore(session, record))
+    except BaseException:
+        sink.close()
+        raise
+    try:
         driver.restore(record, record.volume_id, sink)
     except (exception.ChunkBackupError, OSError) as e:
         raise _incomplete(record, url, e) from e
@@ -388,14 +551,26 @@ def verify_backup(session: orm.Session, backup_id: str,
                                     % (record.id, record.status))
     driver = load_driver(record.driver)
     driver.progress_listeners.extend(listeners)
+    # An available backup is held while it is read, so that no fold
+    # changes its chain meanwhile.
+    held = record.status == states.AVAILABLE
+    if held:
+        states.begin_verify(session, record)
+        _refuse_if_folding(session, record,
+                           lambda: states.end_verify(session, record))
     try:
-        plan = driver.verify(record)
-    except (exception.InvalidBackup, exception.StorageObjectNotFound) as e:
-        # The backup is bad (not the store unreachable): list and show
-        # say so until a verify passes.
-        states.record_verify(session, record, e)
-        raise
-    states.record_verify(session, record)
+        try:
+            plan = driver.verify(record)
+        except (exception.InvalidBackup,
+                exception.StorageObjectNotFound) as e:
+            # The backup is bad (not the store unreachable): list and show
+            # say so until a verify passes.
+            states.record_verify(session, record, e)
+            raise
+        states.record_verify(session, record)
+    finally:
+        if held:
+            states.end_verify(session, record)
     return record, plan
 
 
@@ -405,6 +580,7 @@ def delete_backup(session: orm.Session, backup_id: str) -> models.Backup:
         raise exception.BackupInUse(backup_id=record.id,
                                     children=record.dependent_backup_ids)
     driver = load_driver(record.driver)
+    refuse_if_locked(record, driver)
     states.begin_delete(session, record)
     try:
         driver.delete_backup(record)
@@ -588,4 +764,23 @@ def cleanup_interrupted(session: orm.Session,
     See chunkbackup.catalog.states.cleanup_interrupted; the objects are
     removed through each backup's driver. Returns the backup ids cleaned.
     """
-    return states.cleanup_interrupted(session, _remove_objects, current_pid)
+    from chunkbackup import folding
+    return states.cleanup_interrupted(
+        session, _remove_objects, current_pid,
+        recover_fold=lambda record: folding.recover_fold(session, record))
+
+
+def _refuse_if_folding(session: orm.Session, record: models.Backup,
+                       release: Callable[[], None]) -> None:
+    """Held ``record``: refuse (one line) if its chain is being folded."""
+    from chunkbackup import folding
+    folding.check_chain_free(session, record, release)
+
+
+def _forget_unstarted(session: orm.Session, record: models.Backup) -> None:
+    """A backup refused before it wrote anything: no record is left."""
+    session.execute(sa.delete(models.Backup)
+                    .where(models.Backup.id == record.id,
+                           models.Backup.status == states.CREATING))
+    session.commit()
+    session.expunge(record)

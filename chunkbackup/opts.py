@@ -5,7 +5,6 @@ so the drivers load inside a cinder-backup process without clashing with
 Cinder's ``[DEFAULT] backup_*`` options.
 """
 import importlib
-import pkgutil
 import re
 from typing import List, Tuple
 
@@ -19,8 +18,8 @@ SLOW_SHA_BLOCK_SIZE = 4096
 ENGINE_GROUP = 'chunkbackup'
 
 # The largest data object chunkbackup writes (every driver's object_size):
-# memory is about objects_in_flight x 2 x object_size, and Cinder's own
-# drivers stay below 2 GiB.
+# objects stream in pieces, so memory does not follow it, but Cinder's own
+# readers hold a whole object, and its drivers stay below 2 GiB.
 MAX_OBJECT_SIZE = 2 ** 30
 
 COMPRESSION_CHOICES = [
@@ -68,10 +67,21 @@ engine_opts = [
     cfg.IntOpt('objects_in_flight',
                default=4,
                min=1,
-               help='How many objects may be between reading and storage at '
-                    'once (and between fetching and writing on restore). '
-                    'Peak memory is about objects_in_flight x 2 x the '
-                    'driver object size, whatever the volume size.'),
+               help='How many objects a backup uploads at once (and how '
+                    'many deletes run at once). Objects flow through in '
+                    'pieces of 4 MiB, so memory does not grow with the '
+                    'object size: about objects_in_flight x 12 MiB plus '
+                    'the store client\'s buffers (an S3 part each). No '
+                    'other setting adds uploads.'),
+    cfg.IntOpt('restore_objects_in_flight',
+               default=8,
+               min=1,
+               help='How many object downloads a restore or a verify runs at '
+                    'once, whole objects or ranges of a large one. Higher '
+                    'than objects_in_flight by default: restores from a '
+                    'remote store are bound by round trips and '
+                    'per-connection rates. Memory is about '
+                    'restore_objects_in_flight x 12 MiB.'),
     cfg.IntOpt('cpu_workers',
                default=0,
                min=0,
@@ -111,8 +121,31 @@ engine_opts = [
                min=0,
                help='Largest average rate, in bytes per second, of object '
                     'bodies this process sends to and reads from storage, '
-                    'all operations together (bursts of up to one second\'s '
-                    'worth). 0 means unlimited.'),
+                    'both directions and all operations together (bursts '
+                    'of up to one second\'s worth). A combined cap, kept '
+                    'for existing configurations: it applies on top of '
+                    'max_upload_rate and max_download_rate, which limit '
+                    'each direction and are what new configurations should '
+                    'set. 0 means unlimited.'),
+    cfg.IntOpt('max_upload_rate',
+               default=0,
+               min=0,
+               help='Largest average rate, in bytes per second, at which '
+                    'this process sends object bodies to storage (backups), '
+                    'shared by every thread and every backup running in it, '
+                    'so a backup can run during the day without filling the '
+                    'uplink. Counted as the bytes leave, chunk by chunk; '
+                    'bursts are at most a tenth of a second\'s worth. 0 '
+                    'means unlimited.'),
+    cfg.IntOpt('max_download_rate',
+               default=0,
+               min=0,
+               help='Largest average rate, in bytes per second, at which '
+                    'this process reads object bodies from storage '
+                    '(restores, verifies, parents of incrementals), shared '
+                    'by every thread and every operation running in it. '
+                    'Whole, streamed and ranged reads all count. 0 means '
+                    'unlimited.'),
     cfg.FloatOpt('storage_request_timeout',
                  default=900.0,
                  min=0.0,
@@ -181,6 +214,43 @@ engine_opts = [
                help='Directory for block maps that spill to disk (about '
                     '1 GiB per TiB of volume). Unset means the system\'s '
                     'temporary directory ($TMPDIR or /tmp).'),
+    cfg.StrOpt('encryption',
+               default='none',
+               ignore_case=True,
+               choices=[('none', 'Backups are not encrypted (stock Cinder '
+                                 'can restore them).'),
+                        ('aes-256-gcm', 'Every object is sealed with '
+                                        'AES-256-GCM under a data key of '
+                                        'its chain (doc/encryption.md).')],
+               help='Client-side encryption of new full backups (an '
+                    'incremental follows its parent). Encrypted backups '
+                    'need their master key to be restored, from key_file '
+                    'or the key manager: a lost key means lost backups. '
+                    'Stock Cinder refuses to restore them.'),
+    cfg.StrOpt('key_file',
+               help='The master key file (made by chunkbackup key-create, '
+                    'mode 0600) that wraps the data keys of encrypted '
+                    'backups. Also needed to restore, verify or extend '
+                    'them. Unset: the key manager (master_key_id).'),
+    cfg.BoolOpt('require_object_lock',
+                default=False,
+                help='Refuse to make a backup that the store would not '
+                     'lock against deletion (object lock): the s3 driver '
+                     'needs [backup_s3] object_lock_mode, the google driver '
+                     '[backup_google] object_retention_mode; the posix and '
+                     'swift drivers cannot lock and refuse every backup. '
+                     'For operators who must not write an unlocked backup '
+                     'by mistake.'),
+    cfg.StrOpt('master_key_id',
+               help='Used when encryption is on and key_file is unset: the '
+                    'id of the master key in the key manager, reached '
+                    'through castellan (pip install '
+                    '"chunkbackup[keymanager]"), whose [key_manager] '
+                    'options (e.g. backend = barbican) and [barbican] '
+                    'options (e.g. barbican_endpoint) say where. Inside '
+                    'cinder-backup these are Cinder\'s own sections, where '
+                    'encrypted volumes\' keys are kept. Make one with '
+                    'chunkbackup key-rotate --create-master-key.'),
     cfg.FloatOpt('cancel_check_interval',
                  default=1.0,
                  min=0.0,
@@ -192,13 +262,11 @@ CONF.register_opts(engine_opts, group=ENGINE_GROUP)
 
 
 def _driver_modules():
-    """Every module of chunkbackup.drivers: each declares GROUP and OPTS."""
+    """The modules that declare the drivers' options (GROUP and OPTS)."""
     import chunkbackup.drivers
 
-    for info in pkgutil.iter_modules(chunkbackup.drivers.__path__):
-        module = importlib.import_module('chunkbackup.drivers.' + info.name)
-        if hasattr(module, 'GROUP') and hasattr(module, 'OPTS'):
-            yield module
+    for name in chunkbackup.drivers.OPTION_MODULES:
+        yield importlib.import_module(name)
 
 
 # Modules of the standalone tools that declare GROUP and OPTS.
@@ -271,8 +339,7 @@ def check_object_size(option: str, size: int) -> None:
     if size > MAX_OBJECT_SIZE:
         raise exception.InvalidConfiguration(
             reason='%s = %d is larger than %d (1 GiB), the largest object '
-                   'chunkbackup writes; memory is about [chunkbackup] '
-                   'objects_in_flight x 2 x the object size'
+                   'chunkbackup writes (stock Cinder reads an object whole)'
                    % (option, size, MAX_OBJECT_SIZE))
 
 

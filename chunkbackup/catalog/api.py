@@ -5,16 +5,16 @@ SQLite in the user's data directory is the default; any SQLAlchemy URL
 """
 import datetime
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from alembic import command as alembic_command
-from alembic import config as alembic_config
 from oslo_config import cfg
 from oslo_log import log as logging
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from chunkbackup.catalog import migrations
 from chunkbackup.catalog import models
+from chunkbackup.catalog import refs
 from chunkbackup.catalog import states
 from chunkbackup import exception
 
@@ -35,9 +35,8 @@ OPTS = [
 CONF.register_opts(OPTS, group=GROUP)
 
 
-class NotFound(exception.ChunkBackupError):
-    msg_fmt = ("No backup %(id)s in the catalog; 'chunkbackup backup-list' "
-               "shows the backups it knows.")
+# A reference that names no backup (chunkbackup.catalog.refs).
+NotFound = refs.NotFound
 
 
 class CatalogError(exception.ChunkBackupError):
@@ -98,6 +97,31 @@ def explain(error: sa.exc.SQLAlchemyError,
                                      'the database server is reachable')
     return CatalogError(where=describe_location(url),
                         problem='%s (%s)' % (problem, text), advice=advice)
+
+
+# The drivers that the package extras (setup.cfg [extras]) bring, and
+# the pip packages of other drivers SQLAlchemy may ask for.
+EXTRAS = {'psycopg2': 'postgresql', 'pymysql': 'mysql'}
+PACKAGES = {'psycopg2': 'psycopg2-binary', 'pymysql': 'PyMySQL',
+            'MySQLdb': 'mysqlclient', 'psycopg': 'psycopg[binary]'}
+
+
+def missing_driver(url: sa.engine.URL, error: ImportError) -> CatalogError:
+    """One line for a database driver that is not installed."""
+    module = (getattr(error, 'name', None) or str(error)).split('.')[0]
+    package = PACKAGES.get(module, module)
+    extra = EXTRAS.get(module)
+    if extra:
+        advice = ('install it with pip install "chunkbackup[%s]"' % extra)
+    elif url.get_backend_name() in ('mysql', 'mariadb'):
+        advice = ('pip install %s, or use mysql+pymysql:// with pip '
+                  'install "chunkbackup[mysql]"' % package)
+    else:
+        advice = 'pip install %s' % package
+    return CatalogError(
+        where=describe_location(url.render_as_string(hide_password=False)),
+        problem='needs the database driver %s, which is not installed'
+                % module, advice=advice)
 
 
 def move_aside(url: Optional[str] = None) -> Optional[str]:
@@ -165,9 +189,17 @@ class Catalog:
             self._migrate()
         except sa.exc.SQLAlchemyError as e:
             raise explain(e, self.url)
+        except ImportError as e:
+            raise missing_driver(parsed, e)
         self.Session = orm.sessionmaker(self.engine, expire_on_commit=False)
 
     def _migrate(self) -> None:
+        if self.at_head():
+            return
+        # Imported here: most commands find the schema current.
+        from alembic import command as alembic_command
+        from alembic import config as alembic_config
+
         config = alembic_config.Config()
         config.set_main_option(
             'script_location',
@@ -175,6 +207,17 @@ class Catalog:
         with self.engine.begin() as connection:
             config.attributes['connection'] = connection
             alembic_command.upgrade(config, 'head')
+
+    def at_head(self) -> bool:
+        """Whether the schema is at the newest migration."""
+        try:
+            with self.engine.connect() as connection:
+                versions = connection.execute(sa.text(
+                    'SELECT version_num FROM alembic_version')).scalars().all()
+        except sa.exc.DBAPIError:
+            # No table yet, or no server: alembic says which.
+            return False
+        return list(versions) == [migrations.HEAD]
 
     def session(self) -> orm.Session:
         return self.Session()
@@ -184,33 +227,61 @@ class Catalog:
 
 
 def get_backup(session: orm.Session, backup_id: str) -> models.Backup:
-    record = session.get(models.Backup, backup_id)
-    if record is None:
-        raise NotFound(id=backup_id)
-    return record
+    """The backup a reference names.
+
+    An id, a unique id prefix, a name, ``latest`` or ``latest:VOLUME``
+    (see chunkbackup.catalog.refs).
+    """
+    return refs.resolve(session, backup_id)
 
 
 def list_backups(session: orm.Session,
-                 volume_id: Optional[str] = None) -> List[models.Backup]:
-    query = sa.select(models.Backup).order_by(models.Backup.created_at,
-                                              models.Backup.id)
+                 volume_id: Optional[str] = None, *,
+                 volume: Optional[str] = None,
+                 statuses: Sequence[str] = (),
+                 since: Optional[datetime.datetime] = None,
+                 before: Optional[datetime.datetime] = None,
+                 limit: Optional[int] = None) -> List[models.Backup]:
+    """Backups, oldest first; filters combine.
+
+    ``volume_id`` is an exact volume id; ``volume`` a path, NBD URL or id
+    (chunkbackup.catalog.refs.volume_filter); ``since``/``before`` bound
+    the creation time (naive UTC); ``limit`` keeps the newest N.
+    """
+    query = sa.select(models.Backup)
     if volume_id:
         query = query.where(models.Backup.volume_id == volume_id)
-    return list(session.scalars(query))
+    if volume:
+        query = query.where(refs.volume_filter(volume))
+    if statuses:
+        query = query.where(models.Backup.status.in_(list(statuses)))
+    if since is not None:
+        query = query.where(models.Backup.created_at >= since)
+    if before is not None:
+        query = query.where(models.Backup.created_at < before)
+    if limit:
+        newest = query.order_by(models.Backup.created_at.desc(),
+                                models.Backup.id.desc()).limit(limit)
+        return list(reversed(list(session.scalars(newest))))
+    return list(session.scalars(query.order_by(models.Backup.created_at,
+                                               models.Backup.id)))
 
 
 def latest_available(session: orm.Session, volume_id: str,
                      driver: str) -> Optional[models.Backup]:
     """The newest complete backup of a volume: Cinder's parent choice.
 
-    A backup being restored is complete and unchanged by the restore, so
-    it can be a parent while the restore runs.
+    A backup being restored or verified is complete and unchanged by it,
+    so it can be a parent meanwhile. One being folded stays the newest:
+    an incremental of it is refused until the fold ends.
     """
     query = (sa.select(models.Backup)
              .where(models.Backup.volume_id == volume_id,
                     models.Backup.driver == driver,
                     models.Backup.status.in_((states.AVAILABLE,
-                                              states.RESTORING)))
+                                              states.RESTORING,
+                                              states.VERIFYING,
+                                              states.FOLDING)))
              .order_by(models.Backup.created_at.desc(),
                        models.Backup.updated_at.desc())
              .limit(1))

@@ -64,6 +64,14 @@ class Backup(Base):
     # A service worker's hold on the operation (chunkbackup.catalog.leases);
     # NULL for the CLI's.
     lease_expires_at = sa.Column(PreciseDateTime)
+    # The schedule that made it (None: made by hand); its retention
+    # considers only its own backups.
+    schedule_name = sa.Column(sa.String(255), index=True)
+    # Never removed by a retention policy (chunkbackup backup-pin).
+    pinned = sa.Column(sa.Boolean, nullable=False, default=False,
+                       server_default=sa.false())
+    # While it is being folded (status folding): the child it goes into.
+    fold_target = sa.Column(sa.String(36))
 
     parent = orm.relationship('Backup', remote_side=[id],
                               back_populates='children')
@@ -81,7 +89,26 @@ class Backup(Base):
             # A worker's operation: renew its lease, or raise LeaseLost.
             from chunkbackup.catalog import workers
             workers.renew_backup_lease(session, self)
-        session.refresh(self)
+        self._reload(session)
+
+    def _reload(self, session: orm.Session) -> None:
+        """Overwrite every column with the row's value, never expiring one.
+
+        ``session.refresh`` expires the attributes before it loads them:
+        an engine thread that reads one then (``backup.id`` in an error
+        message) would load it through this session at the same time,
+        which SQLAlchemy refuses ("concurrent operations are not
+        permitted"). Here other threads see the old or the new value.
+        """
+        table = self.__table__
+        row = session.execute(sa.select(table).where(
+            table.c.id == self.id)).mappings().one_or_none()
+        if row is None:  # deleted meanwhile: refresh says so as it did
+            session.refresh(self)
+            return
+        for prop in orm.class_mapper(type(self)).column_attrs:
+            orm.attributes.set_committed_value(
+                self, prop.key, row[prop.columns[0].name])
 
     @property
     def live_children(self) -> List['Backup']:
@@ -125,6 +152,8 @@ class Job(Base):
     # [backup_service] job_attempts runs.
     attempts = sa.Column(sa.Integer, nullable=False, default=0)
     lease_expires_at = sa.Column(PreciseDateTime)
+    # chunkbackup job-cancel asked a running job to stop.
+    cancel_requested = sa.Column(sa.Boolean, nullable=False, default=False)
 
 
 class Schedule(Base):
@@ -140,8 +169,24 @@ class Schedule(Base):
     full_every = sa.Column(sa.Integer, nullable=False, default=7)
     retain_full = sa.Column(sa.Integer, nullable=False, default=2)
     enabled = sa.Column(sa.Boolean, nullable=False, default=True)
+    # A retention policy (chunkbackup.policy.Policy.to_dict); None: the
+    # retain_full rule.
+    keep_policy = sa.Column(sa.JSON)
+    # 'schedule': retention considers the backups this schedule made;
+    # 'volume': every backup of the volume.
+    retention_scope = sa.Column(sa.String(16), nullable=False,
+                                default='schedule',
+                                server_default='schedule')
+    # A full backup due is made as an incremental plus a synthetic full.
+    synthetic_full = sa.Column(sa.Boolean, nullable=False, default=False,
+                               server_default=sa.false())
     last_run_at = sa.Column(sa.DateTime)
     created_at = sa.Column(sa.DateTime, nullable=False, default=utcnow)
+    # How the last run ended ('available' or 'failed'), why, and its
+    # backup (recorded by the service).
+    last_status = sa.Column(sa.String(32))
+    last_error = sa.Column(sa.Text)
+    last_backup_id = sa.Column(sa.String(36))
 
 
 class Worker(Base):

@@ -42,7 +42,11 @@ DELETING = 'deleting'
 RESTORING = 'restoring'
 ERROR = 'error'
 ERROR_DELETING = 'error_deleting'
-BUSY_STATUSES = (CREATING, DELETING, RESTORING)
+# Being folded into its child, or the child a fold goes into
+# (chunkbackup.catalog.folds); being verified (read like a restore).
+FOLDING = 'folding'
+VERIFYING = 'verifying'
+BUSY_STATUSES = (CREATING, DELETING, RESTORING, FOLDING, VERIFYING)
 # What the last verify of a backup found (Backup.verify_status).
 VERIFY_PASSED = 'passed'
 VERIFY_FAILED = 'failed'
@@ -291,6 +295,28 @@ def end_restore(session: orm.Session, record: models.Backup) -> None:
                 status=AVAILABLE, owner=None, lease_expires_at=None)
 
 
+def begin_verify(session: orm.Session, record: models.Backup) -> None:
+    """``verifying``, owned by this process, until :func:`end_verify`.
+
+    A verify reads the chain as a restore does: no fold may change it
+    meanwhile. Raises StatusConflict (BackupBusy) unless available.
+    """
+    _transition(session, record, 'verify', _status_in(AVAILABLE),
+                status=VERIFYING, owner=owner_id(),
+                lease_expires_at=leases.expiry())
+
+
+def end_verify(session: orm.Session, record: models.Backup) -> None:
+    """``available`` again after a verify (what it found is recorded by
+    :func:`record_verify`).
+    """
+    session.rollback()
+    _transition(session, record, 'end the verify of',
+                sa.and_(_status_in(VERIFYING),
+                        models.Backup.owner == owner_id()),
+                status=AVAILABLE, owner=None, lease_expires_at=None)
+
+
 def record_verify(session: orm.Session, record: models.Backup,
                   error: Optional[BaseException] = None) -> None:
     """A verify ended: ``passed``, or ``failed`` with every bad object.
@@ -436,11 +462,64 @@ def abandon_job(session: orm.Session, job_id: int, error: str) -> None:
     session.commit()
 
 
+def cancel_job(session: orm.Session, job_id: int) -> str:
+    """``chunkbackup job-cancel``: what it did, in words.
+
+    A queued job ends ``cancelled`` at once (no worker will take it). A
+    running one is asked to stop: its backup, if it has begun, goes to
+    ``deleting`` (the engine stops and removes what it wrote, as on a
+    shutdown) and the job ends ``cancelled`` when its worker sees it. A
+    finished job is left as it is.
+    """
+    taken = session.execute(
+        sa.update(models.Job)
+        .where(models.Job.id == job_id, models.Job.status == QUEUED)
+        .values(status=CANCELLED, error='cancelled by chunkbackup '
+                                        'job-cancel before it ran',
+                finished_at=models.utcnow(), cancel_requested=True)
+        .execution_options(synchronize_session=False)).rowcount
+    session.commit()
+    if taken:
+        return 'cancelled before it ran'
+    asked = session.execute(
+        sa.update(models.Job)
+        .where(models.Job.id == job_id, models.Job.status == RUNNING)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)).rowcount
+    session.commit()
+    if not asked:
+        status = session.scalar(sa.select(models.Job.status)
+                                .where(models.Job.id == job_id))
+        session.commit()
+        return 'already %s: nothing to cancel' % (status or 'gone')
+    backup_id = session.scalar(sa.select(models.Job.backup_id)
+                               .where(models.Job.id == job_id))
+    session.commit()
+    if backup_id and request_cancel(session, backup_id):
+        return ('stopping: backup %s ends error with its objects removed'
+                % backup_id)
+    return 'stopping: its worker stops it before the backup begins'
+
+
+def job_cancel_requested(session: orm.Session,
+                         job_id: Optional[int]) -> bool:
+    """Whether job-cancel asked the job to stop (read fresh)."""
+    if job_id is None:
+        return False
+    asked = session.scalar(sa.select(models.Job.cancel_requested)
+                           .where(models.Job.id == job_id))
+    session.commit()
+    return bool(asked)
+
+
 # Records left behind by processes that are gone. ---------------------------
 
 def cleanup_interrupted(session: orm.Session,
                         remove_objects: Callable[[models.Backup], int],
-                        current_pid: Optional[int] = None) -> List[str]:
+                        current_pid: Optional[int] = None,
+                        recover_fold: Optional[
+                            Callable[[models.Backup], Optional[str]]] = None
+                        ) -> List[str]:
     """Clean up what processes that no longer exist left unfinished.
 
     Backups they were creating or deleting (or that a shutdown had to give
@@ -450,6 +529,11 @@ def cleanup_interrupted(session: orm.Session,
     are removed. ``remove_objects(record)`` deletes a backup's objects from
     its store and returns how many it found. Returns the ids of the backups
     set to error and of those whose leftovers were removed.
+
+    An interrupted fold (``folding``) is never treated so: its backups are
+    both needed until the fold is finished or rolled back, which
+    ``recover_fold(record)`` does (for the backup being folded; see
+    chunkbackup.catalog.folds). Without it, folds are left alone.
     """
     cleaned = []
     records = list(session.scalars(
@@ -462,6 +546,13 @@ def cleanup_interrupted(session: orm.Session,
             if record.lease_expires_at > now:
                 continue
         elif owner_alive(record.owner, current_pid):
+            continue
+        if record.status == FOLDING or (record.status == DELETING
+                                        and record.fold_target):
+            if recover_fold is not None:
+                recovered = recover_fold(record)
+                if recovered:
+                    cleaned.append(recovered)
             continue
         if clean_up_backup(session, record, remove_objects) == ERROR:
             cleaned.append(record.id)
@@ -496,12 +587,18 @@ def clean_up_backup(session: orm.Session, record: models.Backup,
     gone, in the logs and the reason.
     """
     owner, status = record.owner, record.status
+    if status == FOLDING:
+        # Both backups of a fold are needed until it is finished or rolled
+        # back: chunkbackup.folding.recover_fold does that, never this.
+        LOG.info('Left backup %s alone: it is being folded (chunkbackup '
+                 'cleanup finishes or rolls back the fold).', record.id)
+        return None
     # Taken over only as it was read: a clean-up running elsewhere at
     # the same time, or a new owner, wins and this one skips it.
     still = sa.and_(models.Backup.status == status,
                     models.Backup.owner == owner)
     try:
-        if status == RESTORING:
+        if status in (RESTORING, VERIFYING):
             _transition(session, record, 'clean up', still,
                         status=AVAILABLE, owner=None,
                         lease_expires_at=None)

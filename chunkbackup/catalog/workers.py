@@ -167,10 +167,23 @@ def lock_volume(session: orm.Session, volume_id: str, owner: str) -> bool:
     return True
 
 
-def unlock_volume(session: orm.Session, volume_id: str, owner: str) -> None:
-    session.execute(sa.delete(models.VolumeLock)
-                    .where(models.VolumeLock.volume_id == volume_id,
-                           models.VolumeLock.owner == owner))
+def unlock_volume(session: orm.Session, volume_id: str, owner: str, *,
+                  lapsed_only: bool = False) -> None:
+    """Release ``owner``'s lock on the volume.
+
+    ``lapsed_only``: for a run that lost its lease. Its job may have been
+    re-queued and claimed again by this same worker, whose new run holds a
+    fresh lock under the same owner name; only a lock that lapsed is the
+    old run's to release.
+    """
+    query = sa.delete(models.VolumeLock).where(
+        models.VolumeLock.volume_id == volume_id,
+        models.VolumeLock.owner == owner)
+    if lapsed_only:
+        query = query.where(models.VolumeLock.lease_expires_at.isnot(None),
+                            models.VolumeLock.lease_expires_at <=
+                            models.utcnow())
+    session.execute(query)
     session.commit()
 
 
@@ -350,8 +363,21 @@ def take_over_expired(session: orm.Session,
 def _take_over_job(session, job, job_attempts, result, now) -> None:
     made = None
     if job.backup_id:
-        made = session.scalar(sa.select(models.Backup.status)
-                              .where(models.Backup.id == job.backup_id))
+        row = session.execute(
+            sa.select(models.Backup.status, models.Backup.owner,
+                      models.Backup.lease_expires_at)
+            .where(models.Backup.id == job.backup_id)).first()
+        if row is not None and row.status == states.CREATING and \
+                row.owner == job.owner and row.lease_expires_at is not None \
+                and row.lease_expires_at > now:
+            # Only the job's heartbeat lapsed: its worker still renews the
+            # backup's lease, so the backup may yet become available. The
+            # job waits until it does (then it is done) or that lease
+            # lapses too (then it can no longer finish, and is re-queued):
+            # re-queued now, its volume could be backed up twice.
+            session.rollback()
+            return
+        made = row.status if row is not None else None
     attempts = job.attempts or 0
     lapse = ('%s %s during run %d of %d'
              % (job.owner, 'stopped' if job.lease_expires_at >= now

@@ -4,8 +4,9 @@
 
 SIGTERM stops it gracefully (see chunkbackup.service.runner), SIGHUP
 re-reads the configuration (the schedules). The oslo.service backend is
-chosen by ``[backup_service] backend``: eventlet (the default, as in
-oslo.service) or threading.
+chosen by ``[backup_service] backend``: threading (the default: native
+threads, the backend oslo.service is moving its users to, away from the
+deprecated eventlet) or eventlet.
 """
 import os
 import sys
@@ -24,6 +25,10 @@ EXIT_USAGE = 2
 # the rest of chunkbackup (SQLAlchemy, oslo.log) is imported.
 _BACKEND_GROUP = 'backup_service'
 _BACKEND_OPT = 'backend'
+# oslo.service's own default is still eventlet, which eventlet itself
+# deprecates (its import prints a 9-line EventletDeprecationWarning) and
+# oslo.service's backend documentation moves services away from.
+DEFAULT_BACKEND = 'threading'
 
 
 def _default_config_files() -> List[str]:
@@ -52,16 +57,17 @@ def _config_arguments(argv: List[str]) -> List[str]:
 def chosen_backend(argv: List[str]) -> str:
     """The backend the configuration asks for, read before anything else."""
     conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.StrOpt(_BACKEND_OPT, default='eventlet'),
+    conf.register_opt(cfg.StrOpt(_BACKEND_OPT, default=DEFAULT_BACKEND),
                       group=_BACKEND_GROUP)
     try:
         conf(_config_arguments(argv), project=PROJECT, prog=PROG,
              default_config_files=_default_config_files(),
              default_config_dirs=[])
-        return (conf[_BACKEND_GROUP][_BACKEND_OPT] or 'eventlet').lower()
+        return (conf[_BACKEND_GROUP][_BACKEND_OPT] or
+                DEFAULT_BACKEND).lower()
     except (cfg.Error, SystemExit):
         # The full parse below reports what is wrong.
-        return 'eventlet'
+        return DEFAULT_BACKEND
 
 
 def _init_backend(name: str) -> None:
@@ -74,6 +80,12 @@ def _init_backend(name: str) -> None:
                                'oslo.service >= 4.1' % name)
         return
     if name == 'threading':
+        # futurist imports eventlet whenever it is installed (only to
+        # recognise green threads), and eventlet's import prints its
+        # deprecation for a backend that is not used here.
+        import warnings
+        warnings.filterwarnings('ignore', message=r'\s*Eventlet is '
+                                                  r'deprecated')
         import importlib.util
         missing = [m for m in ('cotyledon', 'futurist')
                    if importlib.util.find_spec(m) is None]

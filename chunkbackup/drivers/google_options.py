@@ -70,6 +70,30 @@ OPTS = [
                help='Availability zone written into object names '
                     '(az_<zone>_backup_<id>), as Cinder\'s '
                     'storage_availability_zone.'),
+    cfg.StrOpt('object_retention_mode',
+               choices=[('unlocked',
+                         'The retention date can be shortened or removed, '
+                         'and the object then deleted, by a user with the '
+                         'storage.objects.overrideUnlockedRetention '
+                         'permission: protects against mistakes and '
+                         'against ransomware holding ordinary '
+                         'credentials (S3\'s governance mode).'),
+                        ('locked',
+                         'Nobody can delete the object or shorten its '
+                         'retention before its date (S3\'s compliance '
+                         'mode); the storage is paid for until then.')],
+               help='Write every object of a backup (data, _sha256file, '
+                    '_metadata, fold copies) with a GCS object retention '
+                    'date object_retention_days ahead. The bucket must '
+                    'have object retention enabled (create_bucket '
+                    'creates it so). backup-delete and retention policies '
+                    'skip a locked backup until its date. Unset: no '
+                    'retention.'),
+    cfg.IntOpt('object_retention_days',
+               default=30,
+               min=1,
+               help='Days from its writing that each object of a backup '
+                    'is retained, with object_retention_mode set.'),
 ]
 
 CONF.register_opts(OPTS, group=GROUP)
@@ -91,6 +115,8 @@ class GoogleOptions(options.DriverOptions):
     upload_chunk_size: int
     timeout: float
     availability_zone: str
+    object_retention_mode: Optional[str]
+    object_retention_days: int
 
     def validate(self) -> None:
         if self.upload_chunk_size % UPLOAD_CHUNK_MULTIPLE:

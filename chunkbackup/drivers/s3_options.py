@@ -76,9 +76,12 @@ OPTS = [
     cfg.IntOpt('max_pool_connections',
                default=10,
                min=1,
-               help='Connections kept open to the endpoint; at least '
-                    '[chunkbackup] objects_in_flight, or transfers wait '
-                    'for one another.'),
+               help='Connections kept open to the endpoint. The driver '
+                    'raises it to one more than the larger of '
+                    '[chunkbackup] objects_in_flight and '
+                    'restore_objects_in_flight, so that no transfer waits '
+                    'for a connection; set it higher only for other '
+                    'clients of the same pool.'),
     cfg.StrOpt('retry_mode',
                default='standard',
                choices=[('legacy', 'botocore\'s legacy mode.'),
@@ -113,17 +116,25 @@ OPTS = [
                default=64 * MiB,
                min=MIN_PART_SIZE,
                max=MAX_PART_SIZE,
-               help='Bodies larger than this many bytes are uploaded as '
-                    'multipart uploads; smaller ones with one PUT. The '
-                    'default keeps the default 50 MiB objects as single '
-                    'PUTs, as Cinder does.'),
+               help='Whole bodies (written through the Cinder writer '
+                    'interface) larger than this many bytes are uploaded as '
+                    'multipart uploads; smaller ones with one PUT. Streamed '
+                    'objects (what chunkbackup\'s engine sends) go as one '
+                    'PUT when they fit in one multipart_chunksize part and '
+                    'as multipart uploads otherwise, so that only one part '
+                    'is ever held in memory.'),
     cfg.IntOpt('multipart_chunksize',
-               default=16 * MiB,
+               default=8 * MiB,
                min=MIN_PART_SIZE,
                max=MAX_PART_SIZE,
                help='Size in bytes of the parts of a multipart upload (S3 '
-                    'requires at least 5 MiB; raised when a body would '
-                    'need more than 10000 parts).'),
+                    'requires at least 5 MiB for every part but the last; '
+                    'raised for a whole body that would need more than '
+                    '10000 parts). A streamed upload holds one part in '
+                    'memory (two while the next is filled), so memory is '
+                    'about [chunkbackup] objects_in_flight x 2 x this; an '
+                    'object no larger than one part is stored with a '
+                    'single PUT.'),
     cfg.StrOpt('sse_customer_key',
                secret=True,
                help='Encrypt objects with this customer-provided key '
@@ -144,6 +155,29 @@ OPTS = [
     cfg.StrOpt('sse_kms_key_id',
                help='KMS key id or ARN for server_side_encryption = '
                     'aws:kms; unset means the account\'s default key.'),
+    cfg.StrOpt('object_lock_mode',
+               choices=[('governance',
+                         'The objects cannot be deleted or overwritten '
+                         'before their date, except by a user with the '
+                         's3:BypassGovernanceRetention permission who asks '
+                         'for it: protects against mistakes and against '
+                         'ransomware holding ordinary credentials.'),
+                        ('compliance',
+                         'Nobody, not even the account\'s root user, can '
+                         'delete the objects or shorten their retention '
+                         'before their date: the strongest protection, and '
+                         'the storage is paid for until then.')],
+               help='Write every object of a backup (data, _sha256file, '
+                    '_metadata, fold copies) with an S3 Object Lock '
+                    'retention date object_lock_days ahead. The bucket '
+                    'must have Object Lock enabled (create_bucket creates '
+                    'it so). backup-delete and retention policies skip a '
+                    'locked backup until its date. Unset: no lock.'),
+    cfg.IntOpt('object_lock_days',
+               default=30,
+               min=1,
+               help='Days from its writing that each object of a backup '
+                    'stays locked, with object_lock_mode set.'),
 ]
 
 CONF.register_opts(OPTS, group=GROUP)
@@ -196,6 +230,8 @@ class S3Options(options.DriverOptions):
     sse_customer_algorithm: str
     server_side_encryption: Optional[str]
     sse_kms_key_id: Optional[str]
+    object_lock_mode: Optional[str]
+    object_lock_days: int
 
     def validate(self) -> None:
         if bool(self.access_key) != bool(self.secret_key):
@@ -217,6 +253,11 @@ class S3Options(options.DriverOptions):
             raise self.invalid('availability_zone: %s' % e)
         if self.sse_customer_key:
             decode_sse_customer_key(self.sse_customer_key)
+        if self.object_lock_mode and not self.send_content_md5:
+            # S3 refuses a PUT with a retention date and no checksum.
+            raise self.invalid('object_lock_mode needs send_content_md5 = '
+                               'True: S3 refuses locked uploads without '
+                               'Content-MD5')
 
     @property
     def sse_c_key(self) -> Optional[bytes]:

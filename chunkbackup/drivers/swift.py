@@ -3,20 +3,28 @@
 Objects go to one container (``[backup_swift] container`` unless the backup
 names one) under the prefix
 ``volume_<volume_id>/<UTC %Y%m%d%H%M%S>/az_<availability_zone>_backup_<id>``.
-Every object is written in one PUT that carries the MD5 of its body as
-``ETag``, so Swift stores it whole and intact or not at all.
+Every object is one plain Swift object, written in one PUT: a body of up
+to ``WHOLE_PUT_LIMIT`` carries its MD5 as ``ETag``, so Swift stores it
+whole and intact or not at all; a larger stream goes with chunked transfer
+encoding (never held whole in memory), its MD5 computed while it is sent
+and compared with the ETag Swift answers; a mismatch deletes the object.
+A stream broken off before its last chunk stores nothing. Reads are
+streamed (``resp_chunk_size``) and ranges are HTTP Range requests.
 
 Auth: ``single_user`` logs in with the configured credentials (tempauth /
-v1, or Keystone v3 through a keystoneauth session shared by all threads);
-``per_user`` uses the token and service catalog of the request context, as
-Cinder's driver does. swiftclient never retries: the storage seam retries
-what ``classify_error`` calls transient. Options: ``swift_options``.
+v1: one token per driver, shared by every thread's connection and renewed
+once, under a lock, when Swift answers 401; or Keystone v3 through a
+keystoneauth session shared by all threads); ``per_user`` uses the token
+and service catalog of the request context, as Cinder's driver does.
+swiftclient never retries: the storage seam retries what
+``classify_error`` calls transient. Options: ``swift_options``.
 """
 import contextlib
 import http.client
 import threading
 import time
-from typing import Any, List, Optional
+from typing import (Any, Callable, Iterable, Iterator, List, Optional,
+                    Tuple, TypeVar)
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1.identity import v3 as ks_v3
@@ -50,6 +58,12 @@ OBJECT_STORE = 'object-store'
 TRANSIENT_STATUSES = frozenset((408, 422, 429, 498, 499))
 _TLS_ERRORS = (requests.exceptions.SSLError, ks_exc.SSLError)
 _HTTP_ERRORS = (swift_exc.ClientException, ks_exc.HttpError)
+# Streams up to this size go in one PUT with Content-Length and ETag (as
+# Cinder's driver sends them); larger ones with chunked transfer encoding.
+WHOLE_PUT_LIMIT = 8 * 1024 * 1024
+# Bytes per piece of a streamed download.
+READ_PIECE = 1024 * 1024
+T = TypeVar('T')
 _TRANSPORT_ERRORS = (requests.exceptions.ConnectionError,
                      requests.exceptions.Timeout,
                      requests.exceptions.ChunkedEncodingError,
@@ -79,6 +93,10 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         self._lock = threading.Lock()
         self._keystone = None
         self._storage_url: Optional[str] = None
+        # v1 auth: (storage url, token), one login for every thread.
+        self._token: Optional[Tuple[str, str]] = None
+        self._token_lock = threading.Lock()
+        self.logins = 0  # v1 logins made: one, unless a token expired
 
     # Connections --------------------------------------------------------
 
@@ -102,9 +120,11 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                 **common)
         self.options.check_credentials(not conf.auth_url)
         if conf.auth_version == '1':
-            return swift_client.Connection(
-                authurl=self._auth_url(), user=conf.user, key=conf.key,
-                auth_version='1', **common)
+            # No credentials here: the connection never logs in by itself;
+            # it uses the driver's token (see _v1_token).
+            url, token = self._v1_token()
+            return swift_client.Connection(preauthurl=url,
+                                           preauthtoken=token, **common)
         # Keystone v3 through keystoneauth (swiftclient's own v3 login needs
         # python-keystoneclient and loses the HTTP status of a refusal).
         # One session for all threads: one token, renewed when it expires.
@@ -115,6 +135,32 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                         'endpoint_type': conf.interface,
                         'region_name': conf.region_name},
             **common)
+
+    @property
+    def _shares_token(self) -> bool:
+        """Whether this driver logs in itself with v1 (tempauth) auth."""
+        return (self.options.auth_mode != 'per_user' and
+                self.options.auth_version == '1')
+
+    def _v1_token(self, refused: Optional[str] = None) -> Tuple[str, str]:
+        """The driver's storage URL and token, logging in once for all.
+
+        ``refused``: a token Swift answered 401 to. The first thread to
+        report it logs in again; the others then find the new token.
+        """
+        with self._token_lock:
+            if self._token is None or (refused is not None and
+                                       self._token[1] == refused):
+                conf = self.options
+                LOG.debug('Logging in to %s as %s.', self._auth_url(),
+                          conf.user)
+                self.logins += 1
+                url, token = swift_client.get_auth(
+                    self._auth_url(), conf.user, conf.key,
+                    auth_version='1', cacert=conf.ca_certificate_file,
+                    insecure=conf.insecure, timeout=conf.timeout)
+                self._token = url, token
+            return self._token
 
     def _keystone_session(self):
         with self._lock:
@@ -218,15 +264,43 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
     def _swift(self):
         """This thread's connection, renewed after a broken transfer."""
         conn = self._connection()
+        if self._shares_token:
+            # The token another thread renewed, or the one swiftclient
+            # forgot after a 401.
+            conn.url, conn.token = self._v1_token()
         try:
             yield conn
         except _HTTP_ERRORS:
             raise  # the HTTP framing is intact: keep the connection
-        except Exception:
+        except BaseException:
             # The next attempt opens a new HTTP connection (the token
-            # stays valid).
+            # stays valid); a stream cut off by its producer too.
             conn.close()
             raise
+
+    def _request(self, call: Callable[[swift_client.Connection], T],
+                 target: str = '', replayable: bool = True) -> T:
+        """``call(conn)``; after a 401 the token is renewed, and tried once.
+
+        A request whose body was a stream cannot be sent again here: it
+        fails as transient, and the storage seam sends it again from the
+        start.
+        """
+        with self._swift() as conn:
+            token = conn.token
+            try:
+                return call(conn)
+            except swift_exc.ClientException as e:
+                if e.http_status != 401 or not self._shares_token:
+                    raise
+        self._v1_token(refused=token)
+        if not replayable:
+            raise exception.TransientStorageError(
+                operation='put', target=target,
+                reason='Swift refused the token (401); logged in again, '
+                       'the object is sent again')
+        with self._swift() as conn:
+            return call(conn)
 
     # Hooks --------------------------------------------------------------
 
@@ -252,9 +326,10 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                      self.options.keystone_catalog_info)
             return
         target = self.options.auth_url
-        with storage.translated(self, 'login', target), self._swift() as conn:
+        with storage.translated(self, 'login', target):
             try:
-                conn.head_account(**self._with_headers())
+                self._request(lambda conn: conn.head_account(
+                    **self._with_headers()))
             except swift_exc.ClientException as e:
                 if e.http_status != 404:
                     raise
@@ -262,7 +337,7 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                     operation='login', target=target,
                     reason='%s answered 404; check [%s] auth_url and '
                            'auth_version' % (target, GROUP)) from e
-        LOG.info('Swift account %s reachable.', conn.url)
+        LOG.info('Swift account %s reachable.', self._connection().url)
 
     def default_container(self, backup: BackupLike) -> str:
         return self.options.container
@@ -290,13 +365,13 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         return container
 
     def put_container(self, container: str) -> None:
-        with self._swift() as conn:
-            try:
-                conn.head_container(container, **self._with_headers())
-                return
-            except swift_exc.ClientException as e:
-                if e.http_status != 404:
-                    raise
+        try:
+            self._request(lambda conn: conn.head_container(
+                container, **self._with_headers()))
+            return
+        except swift_exc.ClientException as e:
+            if e.http_status != 404:
+                raise
         if not self.options.create_container:
             raise exception.StorageContainerNotFound(
                 operation='put_container', target=container,
@@ -305,40 +380,72 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
                        % (GROUP, container))
         policy = self.options.storage_policy
         headers = {'X-Storage-Policy': policy} if policy else None
-        with self._swift() as conn:
-            conn.put_container(container, headers=self._headers(headers))
+        self._request(lambda conn: conn.put_container(
+            container, headers=self._headers(headers)))
         LOG.info('Created Swift container %(c)s%(p)s.',
                  {'c': container,
                   'p': ' with storage policy %s' % policy if policy else ''})
 
     def get_container_entries(self, container: str,
                               prefix: str) -> List[str]:
-        with self._swift() as conn:
-            # full_listing: swiftclient follows the markers page by page.
-            _headers, objects = conn.get_container(
-                container, prefix=prefix, limit=self.listing_page_size,
-                full_listing=True, **self._with_headers())
+        # full_listing: swiftclient follows the markers page by page.
+        _headers, objects = self._request(lambda conn: conn.get_container(
+            container, prefix=prefix, limit=self.listing_page_size,
+            full_listing=True, **self._with_headers()))
         return [obj['name'] for obj in objects]
 
     def _put_object(self, container: str, name: str, body) -> None:
         md5 = checksums.md5_hex(body)
-        with self._swift() as conn:
-            # Swift checks the body against the ETag and refuses (422) a
-            # damaged one, so no partial or altered object is ever stored.
-            etag = conn.put_object(container, name, body,
-                                   content_length=len(body), etag=md5,
-                                   **self._with_headers())
+        # Swift checks the body against the ETag and refuses (422) a
+        # damaged one, so no partial or altered object is ever stored.
+        etag = self._request(lambda conn: conn.put_object(
+            container, name, body, content_length=len(body), etag=md5,
+            **self._with_headers()))
         if etag and etag != md5:
             raise exception.StorageError(
                 operation='put', target='%s/%s' % (container, name),
                 reason='Swift stored MD5 %s but the body has %s'
                        % (etag, md5))
 
-    def _get_object(self, container: str, name: str) -> bytes:
-        with self._swift() as conn:
-            _headers, body = conn.get_object(container, name,
-                                             **self._with_headers())
-        return body
+    def _put_chunked(self, container: str, name: str,
+                     chunks: Iterator[bytes]) -> None:
+        """A stream of unknown length, with chunked transfer encoding.
+
+        Swift stores it only once the last chunk came; its ETag (the MD5
+        of what it stored) is checked against what was sent.
+        """
+        target = '%s/%s' % (container, name)
+        tap = objectio.MD5Tap(chunks)
+        etag = self._request(lambda conn: conn.put_object(
+            container, name, iter(tap), **self._with_headers()),
+            target=target, replayable=False)
+        md5 = tap.hexdigest()
+        if etag != md5:
+            # Damaged on the way: the stored object must not stay.
+            self._request(lambda conn: conn.delete_object(
+                container, name, **self._with_headers()))
+            raise exception.TransientStorageError(
+                operation='put', target=target,
+                reason='Swift stored MD5 %s but %d bytes with MD5 %s were '
+                       'sent; the object was deleted and is sent again'
+                       % (etag, tap.size, md5))
+
+    def _body_chunks(self, container: str, name: str) -> Iterator[bytes]:
+        headers, body = self._request(lambda conn: conn.get_object(
+            container, name, resp_chunk_size=READ_PIECE,
+            **self._with_headers()))
+        expected = headers.get('content-length')
+        received = 0
+        try:
+            for piece in body:
+                received += len(piece)
+                yield piece
+        finally:
+            close = getattr(body, 'close', None)
+            if close is not None:
+                close()
+        if expected is not None and received != int(expected):
+            raise http.client.IncompleteRead(b'', int(expected) - received)
 
     def get_object_writer(self, container: str, object_name: str,
                           extra_metadata: Optional[dict] = None
@@ -346,16 +453,54 @@ class SwiftBackupDriver(chunked.ChunkedBackupDriver):
         return objectio.BufferedWriter(
             lambda body: self._put_object(container, object_name, body))
 
+    def put_object_stream(self, container: str, object_name: str,
+                          chunks: Iterable[bytes],
+                          extra_metadata: Optional[dict] = None) -> None:
+        """One PUT with ETag up to WHOLE_PUT_LIMIT, chunked beyond it."""
+        body, rest = objectio.peek(chunks, WHOLE_PUT_LIMIT)
+        if body is not None:
+            self._put_object(container, object_name, body)
+        else:
+            self._put_chunked(container, object_name, rest)
+
     def get_object_reader(self, container: str, object_name: str,
                           extra_metadata: Optional[dict] = None
-                          ) -> objectio.Reader:
-        return objectio.Reader(
-            lambda: self._get_object(container, object_name))
+                          ) -> objectio.ChunkReader:
+        return objectio.ChunkReader(
+            lambda: self._body_chunks(container, object_name))
+
+    def get_object_range(self, container: str, object_name: str,
+                         offset: int, length: int,
+                         extra_metadata: Optional[dict] = None) -> bytes:
+        headers = {'Range': 'bytes=%d-%d' % (offset, offset + length - 1)}
+        try:
+            _headers, body = self._request(lambda conn: conn.get_object(
+                container, object_name, headers=self._headers(headers)))
+        except swift_exc.ClientException as e:
+            if e.http_status == 416:
+                return b''  # at or past the end
+            raise
+        return body
+
+    def get_object_size(self, container: str, object_name: str,
+                        extra_metadata: Optional[dict] = None) -> int:
+        headers = self._request(lambda conn: conn.head_object(
+            container, object_name, **self._with_headers()))
+        return int(headers['content-length'])
+
+    def copy_object(self, container: str, object_name: str,
+                    dest_container: str, dest_name: str) -> bool:
+        """Swift's server-side COPY (the proxy copies the object)."""
+        with self._swift() as conn:
+            conn.copy_object(container, object_name,
+                             destination='/%s/%s' % (dest_container,
+                                                     dest_name),
+                             **self._with_headers())
+        return True
 
     def delete_object(self, container: str, object_name: str) -> None:
-        with self._swift() as conn:
-            conn.delete_object(container, object_name,
-                               **self._with_headers())
+        self._request(lambda conn: conn.delete_object(
+            container, object_name, **self._with_headers()))
 
     def _generate_object_name_prefix(self, backup: BackupLike) -> str:
         prefix = fmt.object_store_prefix(

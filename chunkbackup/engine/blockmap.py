@@ -19,6 +19,7 @@ import tempfile
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import checksums
 from chunkbackup import exception
 
 DIGEST_SIZE = fmt.DIGEST_SIZE
@@ -43,13 +44,16 @@ class BlockMap:
 
     def __init__(self, block_size: int,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 temp_dir: Optional[str] = None):
+                 temp_dir: Optional[str] = None,
+                 digests: checksums.Digests = checksums.PLAIN):
         self.block_size = block_size
+        # How its digests were made: plain SHA-256, or keyed (encrypted).
+        self.digests = digests
         self.memory_budget = memory_budget
         self.temp_dir = temp_dir
         # Only for block sizes a backup can use: a hostile document's
         # chunk_size must not cost a hash of gigabytes of zeros.
-        self.zero_page = (fmt.zero_digest(block_size) * PAGE_BLOCKS
+        self.zero_page = (digests.zero(block_size) * PAGE_BLOCKS
                           if 0 < block_size <= MAX_COMPACT_BLOCK else None)
         # Per full page: _ZERO, a file offset (>= 0), or -2 - the index of
         # a page held in memory.
@@ -248,7 +252,9 @@ _MAX_HEAD = 16 * 2 ** 20
 def read_sha256file(chunks: Iterable[bytes], backup_id: str,
                     object_name: str, memory_budget: int =
                     DEFAULT_MEMORY_BUDGET,
-                    temp_dir: Optional[str] = None) -> BlockMap:
+                    temp_dir: Optional[str] = None,
+                    hashing: checksums.Digests = checksums.PLAIN
+                    ) -> BlockMap:
     """Parse a streamed ``_sha256file`` into a BlockMap, checking it.
 
     The ``sha256s`` array is decoded a chunk at a time (strip whitespace,
@@ -273,7 +279,8 @@ def read_sha256file(chunks: Iterable[bytes], backup_id: str,
         if len(head) > _MAX_HEAD:
             raise invalid('it has no "sha256s" list')
         sha = fmt.parse_sha256file(bytes(head), backup_id, object_name)
-        block_map = BlockMap(sha.chunk_size, memory_budget, temp_dir)
+        block_map = BlockMap(sha.chunk_size, memory_budget, temp_dir,
+                             hashing)
         block_map.append(sha.digests)
         return block_map
     rest = bytes(head[match.end():])
@@ -284,7 +291,8 @@ def read_sha256file(chunks: Iterable[bytes], backup_id: str,
     block_size = int(hint.group(1)) if hint else 0
     if not 0 < block_size <= MAX_COMPACT_BLOCK:
         block_size = 0
-    digests = _DigestDecoder(invalid, block_size, memory_budget, temp_dir)
+    digests = _DigestDecoder(invalid, block_size, memory_budget, temp_dir,
+                             hashing)
     tail = digests.feed(rest)
     for chunk in stream:
         if tail is not None:
@@ -309,14 +317,15 @@ class _DigestDecoder:
     comparison; any other layout by stripping whitespace first.
     """
 
-    def __init__(self, invalid, block_size, memory_budget, temp_dir):
+    def __init__(self, invalid, block_size, memory_budget, temp_dir,
+                 digests=checksums.PLAIN):
         self.invalid = invalid
         self.carry = b''
-        self.parts = BlockMap(block_size, memory_budget, temp_dir)
+        self.parts = BlockMap(block_size, memory_budget, temp_dir, digests)
         self.canonical = True
         self.zero_text = None
         if block_size:
-            item = (_ITEM_HEAD + fmt.zero_digest(block_size).hex().encode() +
+            item = (_ITEM_HEAD + digests.zero(block_size).hex().encode() +
                     b'",')
             self.zero_text = item * PAGE_BLOCKS
 

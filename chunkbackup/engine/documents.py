@@ -5,11 +5,12 @@ layout); ``load_chain`` reads and checks the ``_metadata`` of a backup and
 its ancestors; block maps are streamed to and from ``_sha256file``.
 """
 import dataclasses
-from typing import Callable, List, Optional, TYPE_CHECKING
+from typing import Any, Callable, List, Optional, TYPE_CHECKING
 
 from oslo_log import log as logging
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import checksums
 from chunkbackup import concurrency
 from chunkbackup.engine import blockmap
 from chunkbackup import exception
@@ -92,7 +93,8 @@ def read_metadata(store: 'ObjectStore', backup: BackupLike,
 
 def read_block_map(store: 'ObjectStore', backup: BackupLike,
                    location: Location, memory_budget: int,
-                   temp_dir: Optional[str], missing_ok: bool = False
+                   temp_dir: Optional[str], missing_ok: bool = False,
+                   digests: checksums.Digests = checksums.PLAIN
                    ) -> Optional[blockmap.BlockMap]:
     """The backup's ``_sha256file``, streamed into a block map.
 
@@ -103,7 +105,7 @@ def read_block_map(store: 'ObjectStore', backup: BackupLike,
         chunks = store.get_stream(location.container, location.sha256file)
         return blockmap.read_sha256file(chunks, backup.id,
                                         location.sha256file, memory_budget,
-                                        temp_dir)
+                                        temp_dir, digests)
     except exception.StorageObjectNotFound:
         if missing_ok:
             return None
@@ -203,12 +205,14 @@ def write_documents(store: 'ObjectStore', backup: BackupLike,
                     block_map: blockmap.BlockMap, volume_meta: Optional[str],
                     extra_metadata: Optional[dict],
                     flush: Callable[[], None],
-                    check_cancel: Optional[Callable[[], None]] = None
-                    ) -> None:
+                    check_cancel: Optional[Callable[[], None]] = None,
+                    keys: Optional[Any] = None) -> None:
     """``_sha256file`` then ``_metadata``, each made durable in turn.
 
     A backup whose ``_metadata`` exists is complete, so it goes last;
-    ``check_cancel`` is asked once more just before it is written.
+    ``check_cancel`` is asked once more just before it is written. With
+    an encrypted chain's ``keys`` (chunkbackup.crypto.envelope), the
+    volume's metadata is sealed and ``_metadata`` signed.
     """
     common = common_fields(backup)
     store.put_stream(location.container, location.sha256file,
@@ -217,11 +221,17 @@ def write_documents(store: 'ObjectStore', backup: BackupLike,
     flush()
     if check_cancel is not None:
         check_cancel()
+    if keys is not None and volume_meta is not None:
+        volume_meta = keys.seal_text(volume_meta, backup.id, 'volume_meta')
     metadata = fmt.Metadata(
         parent_id=backup.parent_id or None, objects=entries,
-        volume_meta=volume_meta, extra_metadata=extra_metadata, **common)
+        volume_meta=volume_meta, extra_metadata=extra_metadata,
+        encryption=keys.section() if keys is not None else None, **common)
+    document = metadata.to_json()
+    if keys is not None:
+        keys.sign(document)
     store.put(location.container, location.metadata,
-              fmt.dumps(metadata.to_json()), extra_metadata)
+              fmt.dumps(document), extra_metadata)
     flush()
 
 

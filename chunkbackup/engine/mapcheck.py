@@ -15,12 +15,10 @@ is sampled with probability ``f``, the miss goes unseen with probability
 (geometric gaps), so clustered misses are found as well as scattered ones.
 """
 import dataclasses
-import hashlib
 import math
 import random
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from chunkbackup import backupformat as fmt
 from chunkbackup import concurrency
 from chunkbackup.engine import blockmap
 from chunkbackup.engine import sources
@@ -117,7 +115,7 @@ def _compare(source, parent_map, blocks, bs, size
         view = memoryview(buffer)[:length]
         got = source.read_into(block * bs, view)
         read += got
-        digest = hashlib.sha256(view[:got]).digest()
+        digest = parent_map.digests.block(view[:got])
         if got != length or digest != parent_map.digest(block):
             return block, count, read
     return None, len(blocks), read
@@ -126,7 +124,8 @@ def _compare(source, parent_map, blocks, bs, size
 def _check_holes(holes, parent_map, parent_size) -> Optional[str]:
     """Unallocated blocks the map vouches for must be zeros in the parent."""
     bs = parent_map.block_size
-    full = fmt.zero_digest(bs)
+    zero = parent_map.digests.zero
+    full = zero(bs)
     parent_blocks = parent_map.block_count
     for first, end in holes:
         for chunk in range(first, end, 16384):
@@ -134,7 +133,7 @@ def _check_holes(holes, parent_map, parent_size) -> Optional[str]:
             expected = full * count
             if chunk + count == parent_blocks and parent_size % bs:
                 # The parent's last block is short.
-                expected = full * (count - 1) + fmt.zero_digest(
+                expected = full * (count - 1) + zero(
                     parent_size % bs)
             if parent_map.read(chunk, count) != expected:
                 return ('the parent holds data in unallocated blocks near '

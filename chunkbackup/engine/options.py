@@ -27,6 +27,7 @@ class EngineOptions:
     compression_algorithm: str = 'zstd'
     compression_level: Optional[int] = None
     objects_in_flight: int = 4
+    restore_objects_in_flight: int = 8
     cpu_workers: int = 0
     incremental_merge_gap: int = 0
     restore_check_md5: bool = False
@@ -35,6 +36,8 @@ class EngineOptions:
     changed_extents_sample: float = 0.03
     block_map_memory: int = 16 * 2 ** 20
     temp_dir: Optional[str] = None
+    encryption: str = 'none'
+    key_file: Optional[str] = None
     # Names the object size option in errors (it is a driver option).
     object_size_option: str = 'object_size'
 
@@ -71,6 +74,7 @@ class EngineOptions:
             compression_algorithm=conf.compression_algorithm,
             compression_level=conf.compression_level,
             objects_in_flight=conf.objects_in_flight,
+            restore_objects_in_flight=conf.restore_objects_in_flight,
             cpu_workers=conf.cpu_workers,
             incremental_merge_gap=conf.incremental_merge_gap,
             restore_check_md5=conf.restore_check_md5,
@@ -78,7 +82,14 @@ class EngineOptions:
             skip_holes=conf.skip_holes,
             changed_extents_sample=conf.changed_extents_sample,
             block_map_memory=conf.block_map_memory,
-            temp_dir=conf.temp_dir)
+            temp_dir=conf.temp_dir,
+            encryption=conf.encryption.lower(),
+            key_file=conf.key_file)
+
+    @property
+    def encrypts(self) -> bool:
+        """Whether new full backups are encrypted."""
+        return self.encryption != 'none'
 
     @property
     def cpu_threads(self) -> int:
@@ -86,9 +97,13 @@ class EngineOptions:
 
     @property
     def io_threads(self) -> int:
-        # Small objects (an incremental's runs) mostly wait for the store;
-        # more of them may be in flight than large ones.
-        return max(self.objects_in_flight, 16)
+        """Threads for uploads and deletes: what objects_in_flight says."""
+        return self.objects_in_flight
+
+    @property
+    def download_threads(self) -> int:
+        """Downloads at once, on restore and verify."""
+        return self.restore_objects_in_flight
 
     def compressor(self) -> compression.Compressor:
         return compression.Compressor(self.compression_algorithm,

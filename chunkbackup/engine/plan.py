@@ -15,9 +15,10 @@ byte (Cinder's always do), and every object is fetched (its MD5 checked).
 """
 import bisect
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from chunkbackup import backupformat as fmt
+from chunkbackup import checksums
 from chunkbackup.engine import blockmap
 from chunkbackup.engine import documents
 from chunkbackup import exception
@@ -49,6 +50,13 @@ class RestorePlan:
     fetches: List[Fetch]
     zero_runs: List[Range]
     chain: List[documents.Layer]
+    # An encrypted chain's keys (chunkbackup.crypto.envelope.ChainKeys).
+    keys: Optional[Any] = None
+
+    @property
+    def digests(self) -> checksums.Digests:
+        """How the chain's blocks and objects were digested."""
+        return self.keys.digests if self.keys else checksums.PLAIN
 
     @property
     def zero_bytes(self) -> int:
@@ -107,19 +115,27 @@ def _invalid(layer: documents.Layer, reason: str):
 def check_chain(chain: List[documents.Layer], block_size: int) -> int:
     """Check the chain's objects describe a volume; return its size.
 
-    Within a layer objects must not overlap, must start on a block and
-    end on one, or at that layer's volume end (its last object's end).
+    Objects must start on a block and end on one, or at that layer's
+    volume end (its last object's end). Objects of a layer may overlap
+    (a folded backup's do, see ``engine.fold``): the later one in
+    ``_metadata`` wins, as in Cinder's restore, which writes them in list
+    order; every restored block is still checked against the block map.
+    An object may then end inside a block that a later object rewrites
+    whole.
     """
     for layer in chain:
-        objects = sorted(layer.metadata.objects, key=lambda e: e.offset)
+        entries = layer.metadata.objects
+        objects = sorted(entries, key=lambda e: e.offset)
         layer_end = layer.end
-        for before, after in zip(objects, objects[1:]):
-            if after.offset < before.end:
-                raise _invalid(layer, 'objects %s and %s overlap'
-                               % (before.name, after.name))
+        position = {id(e): i for i, e in enumerate(entries)}
         for entry in objects:
+            tail = entry.end - entry.end % block_size
             if entry.offset % block_size or (
-                    entry.end % block_size and entry.end != layer_end):
+                    entry.end % block_size and entry.end != layer_end
+                    and not any(later.offset <= tail
+                                and later.end >= entry.end
+                                for later in entries[position[id(entry)]
+                                                     + 1:])):
                 raise _invalid(layer, 'object %s holds bytes %d-%d, which '
                                'are not aligned to the %d-byte SHA blocks'
                                % (entry.name, entry.offset, entry.end,
@@ -148,7 +164,8 @@ def plan(chain: List[documents.Layer],
     claims = _Claims()
     fetches = []
     for layer in reversed(chain):
-        for entry in layer.metadata.objects:
+        # A folded layer's later objects win where they overlap earlier.
+        for entry in reversed(layer.metadata.objects):
             pieces = claims.claim(entry.offset, entry.end)
             if pieces:
                 fetches.append(Fetch(layer, entry, pieces))
@@ -177,7 +194,8 @@ def _plan_without_block_map(chain, size, block_size) -> RestorePlan:
     claims = _Claims()
     fetches = []
     for layer in reversed(chain):
-        for entry in layer.metadata.objects:
+        # A folded layer's later objects win where they overlap earlier.
+        for entry in reversed(layer.metadata.objects):
             pieces = claims.claim(entry.offset, entry.end)
             if pieces:
                 fetches.append(Fetch(layer, entry, pieces))
@@ -191,6 +209,35 @@ def _plan_without_block_map(chain, size, block_size) -> RestorePlan:
                    % (gaps[0][0], target.location.sha256file))
     fetches.sort(key=lambda f: f.entry.offset)
     return RestorePlan(size, block_size, None, fetches, [], chain)
+
+
+def restrict(plan: RestorePlan, offset: int, length: int) -> RestorePlan:
+    """The part of ``plan`` that supplies bytes [offset, offset + length).
+
+    Only the objects that overlap the range are fetched. Their pieces are
+    cut to it, widened to whole blocks so that every block is still
+    checked whole; the sink (``RangeSink``) writes only the range.
+    """
+    end = offset + length
+    if offset < 0 or length <= 0 or end > plan.size:
+        raise exception.InvalidBackup(
+            reason='the range of %d bytes at offset %d is not inside the '
+                   'volume of %d bytes; give --offset and --length within '
+                   'it' % (length, offset, plan.size))
+    bs = plan.block_size or 1
+    lo, hi = offset // bs * bs, min(plan.size, -(-end // bs) * bs)
+
+    def cut(ranges: List[Range]) -> List[Range]:
+        return [(max(a, lo), min(b, hi)) for a, b in ranges
+                if a < hi and b > lo]
+
+    fetches = []
+    for fetch in plan.fetches:
+        pieces = cut(fetch.pieces)
+        if pieces:
+            fetches.append(dataclasses.replace(fetch, pieces=pieces))
+    return dataclasses.replace(plan, fetches=fetches,
+                               zero_runs=cut(plan.zero_runs))
 
 
 def _merge(ranges: List[Range]) -> List[Range]:
@@ -210,8 +257,9 @@ class _ZeroCheck:
         self.block_map = block_map
         self.size = size
         bs = block_map.block_size
-        self.full = fmt.zero_digest(bs)
-        self.tail = fmt.zero_digest(size % bs) if size % bs else None
+        zero = block_map.digests.zero
+        self.full = zero(bs)
+        self.tail = zero(size % bs) if size % bs else None
         self.first_nonzero = 0
 
     def all_zero(self, start: int, end: int) -> bool:

@@ -10,9 +10,11 @@ from typing import Iterable, List, Optional, Tuple, TYPE_CHECKING
 
 from oslo_log import log as logging
 
+from chunkbackup import checksums
 from chunkbackup import concurrency
 from chunkbackup.engine import backup as backup_writer
 from chunkbackup.engine import documents
+from chunkbackup.engine import encryption
 from chunkbackup.engine import mapcheck
 from chunkbackup.engine.options import EngineOptions
 from chunkbackup.engine import sources
@@ -27,7 +29,9 @@ Range = Tuple[int, int]
 
 
 def load_parent(store: 'ObjectStore', backup: BackupLike, volume_size: int,
-                options: EngineOptions) -> backup_writer.Parent:
+                options: EngineOptions,
+                key_source: Optional[encryption.KeySourceFactory] = None
+                ) -> backup_writer.Parent:
     """The parent's block map and size, checked against this backup."""
     parent = getattr(backup, 'parent', None)
     if parent is None:
@@ -35,6 +39,14 @@ def load_parent(store: 'ObjectStore', backup: BackupLike, volume_size: int,
             backup_id=backup.id,
             reason='its parent %s is not in the catalog' % backup.parent_id)
     chain = documents.load_chain(store, parent, check_listing=False)
+    keys = encryption.chain_keys(chain, key_source or _no_keys)
+    if keys is None and options.encrypts:
+        raise exception.ParentMismatch(
+            backup_id=backup.id,
+            reason='parent %s is not encrypted and [chunkbackup] encryption '
+                   '= %s: an incremental keeps its chain\'s encryption; '
+                   'make a full backup to start an encrypted chain'
+                   % (parent.id, options.encryption))
     parent_size = max(layer.end for layer in chain)
     if volume_size < parent_size:
         raise exception.ParentMismatch(
@@ -44,7 +56,8 @@ def load_parent(store: 'ObjectStore', backup: BackupLike, volume_size: int,
                        volume_size, parent_size, parent.id))
     block_map = documents.read_block_map(
         store, parent, chain[-1].location, options.block_map_memory,
-        options.temp_dir, missing_ok=True)
+        options.temp_dir, missing_ok=True,
+        digests=keys.digests if keys else checksums.PLAIN)
     if block_map is None:
         raise exception.ParentMismatch(
             backup_id=backup.id,
@@ -66,7 +79,12 @@ def load_parent(store: 'ObjectStore', backup: BackupLike, volume_size: int,
     if problem:
         block_map.close()
         raise exception.ParentMismatch(backup_id=backup.id, reason=problem)
-    return backup_writer.Parent(block_map, parent_size)
+    return backup_writer.Parent(block_map, parent_size, keys)
+
+
+def _no_keys():
+    raise exception.InvalidConfiguration(
+        reason='an encrypted backup was found but no key source was given')
 
 
 def plan_reads(source: sources.VolumeSource,

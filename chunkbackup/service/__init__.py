@@ -32,16 +32,18 @@ SHUTDOWN_MARGIN = 10
 
 OPTS = [
     cfg.StrOpt('backend',
-               default='eventlet',
+               default='threading',
                choices=[
+                   ('threading', 'Native threads (the default, and where '
+                                 'oslo.service is taking its users); '
+                                 'oslo.service runs the service in a '
+                                 'cotyledon worker process (cotyledon and '
+                                 'futurist come with chunkbackup). There '
+                                 'SIGHUP restarts the worker gracefully '
+                                 'instead of reloading in place.'),
                    ('eventlet', 'Green threads; the process is '
-                                'monkey-patched (oslo.service\'s default).'),
-                   ('threading', 'Native threads; oslo.service runs the '
-                                 'service in a cotyledon worker process. '
-                                 'Needs oslo.service[threading] (cotyledon, '
-                                 'futurist). There SIGHUP restarts the '
-                                 'worker gracefully instead of reloading '
-                                 'in place.')],
+                                'monkey-patched. eventlet is deprecated '
+                                'and warns so at start.')],
                help='oslo.service backend of chunkbackup-backup. Read once '
                     'at start (a reload does not change it).'),
     cfg.IntOpt('max_concurrent_operations',
@@ -50,8 +52,8 @@ OPTS = [
                mutable=True,
                help='How many backups (queued jobs and scheduled backups '
                     'together) run at once. Each one uses the engine\'s own '
-                    'threads and about objects_in_flight x 2 x object size '
-                    'of memory.'),
+                    'threads and about objects_in_flight x 12 MiB of '
+                    'memory, whatever the object size.'),
     cfg.FloatOpt('poll_interval',
                  default=5.0,
                  min=0.05,

@@ -1,4 +1,8 @@
-"""Retention: after each scheduled backup, delete whole expired chains.
+"""Retention: after each scheduled backup, remove what it expires.
+
+Only the backups the schedule made are considered (unless its
+``retention_scope`` is 'volume'), pinned ones are kept, and a policy
+(``keep_*``, restic's rules) may replace the ``retain_full`` rule below.
 
 A chain is a full backup with every backup that descends from it. The
 newest ``retain_full`` available fulls of a volume are kept, with every
@@ -14,7 +18,10 @@ from sqlalchemy import orm
 
 from chunkbackup.catalog import models
 from chunkbackup.catalog import states
+from chunkbackup import folding
+from chunkbackup import objectlock
 from chunkbackup import operations
+from chunkbackup import policy
 
 LOG = logging.getLogger(__name__)
 
@@ -75,36 +82,65 @@ def expired_chains(backups: Sequence, retain_full: int) -> List[List]:
 
 def apply_retention(session: orm.Session, volume_id: str, retain_full: int,
                     driver: Optional[str] = None,
-                    should_stop: Callable[[], bool] = lambda: False
-                    ) -> List[str]:
-    """Delete the expired chains of a volume; return the deleted ids.
+                    should_stop: Callable[[], bool] = lambda: False,
+                    schedule_name: Optional[str] = None,
+                    keep_policy: Optional[dict] = None,
+                    scope: str = 'schedule') -> List[str]:
+    """Remove what a schedule's retention expires; return the removed ids.
 
-    A backup that cannot be deleted is logged and its chain's older members
-    are kept (they may be its parents); retention goes on with the next
-    chain.
+    With ``schedule_name`` and ``scope`` 'schedule' only the backups that
+    schedule made are considered: backups made by hand (or by another
+    schedule) are never removed. ``keep_policy`` (a
+    ``chunkbackup.policy.Policy`` as a dict) replaces the ``retain_full``
+    rule. Pinned backups stay. A backup with a child that stays is folded
+    into it (the child keeps its image). One that cannot be removed is
+    logged; retention goes on with the others.
     """
     driver = driver or operations.driver_name()
-    backups = list(session.scalars(
-        sa.select(models.Backup).where(models.Backup.volume_id == volume_id,
-                                       models.Backup.driver == driver)))
-    deleted: List[str] = []
-    for chain in expired_chains(backups, retain_full):
-        for backup in chain:
-            if should_stop():
-                LOG.info('Retention of volume %s stopped: the service is '
-                         'shutting down.', volume_id)
-                return deleted
-            backup_id = backup.id
-            try:
-                operations.delete_backup(session, backup_id)
-            except Exception as e:
-                session.rollback()
-                LOG.error('Retention could not delete backup %(id)s of '
-                          'volume %(vol)s (%(err)s); its chain is kept.',
-                          {'id': backup_id, 'vol': volume_id,
-                           'err': getattr(e, 'msg', None) or e})
-                break
-            LOG.info('Retention deleted backup %(id)s of volume %(vol)s.',
-                     {'id': backup_id, 'vol': volume_id})
-            deleted.append(backup_id)
-    return deleted
+    own = schedule_name if scope == 'schedule' else None
+    if keep_policy:
+        rows = folding.forget(
+            session, policy.Policy.from_dict(keep_policy),
+            volume_id=volume_id, driver=driver, schedule_name=own,
+            should_stop=should_stop)
+        done = [r['id'] for r in rows if r['result'] == 'deleted'
+                or (r['result'] or '').startswith('folded')]
+        for row in rows:
+            if row['action'] == policy.REMOVE:
+                LOG.info('Retention of volume %(vol)s: backup %(id)s: '
+                         '%(res)s.', {'vol': volume_id, 'id': row['id'],
+                                      'res': row['result']})
+        return done
+    query = sa.select(models.Backup).where(
+        models.Backup.volume_id == volume_id, models.Backup.driver == driver)
+    if own:
+        query = query.where(models.Backup.schedule_name == own)
+    backups = list(session.scalars(query))
+    # Pinned and locked (object lock) backups stay, as forget keeps them.
+    removals = [b for chain in expired_chains(backups, retain_full)
+                for b in chain
+                if not b.pinned and not objectlock.held_by_record(b)]
+    # Newest first: a removed backup's removed children go before it, and
+    # it is folded only into a child that stays.
+    removals.sort(key=_key, reverse=True)
+    removed: List[str] = []
+    for backup in removals:
+        if should_stop():
+            LOG.info('Retention of volume %s stopped: the service is '
+                     'shutting down.', volume_id)
+            return removed
+        backup_id = backup.id
+        try:
+            _record, child = folding.delete_or_fold(session, backup_id)
+        except Exception as e:
+            session.rollback()
+            LOG.error('Retention could not remove backup %(id)s of volume '
+                      '%(vol)s (%(err)s); it is kept.',
+                      {'id': backup_id, 'vol': volume_id,
+                       'err': getattr(e, 'msg', None) or e})
+            continue
+        LOG.info('Retention %(how)s backup %(id)s of volume %(vol)s.',
+                 {'how': 'folded into %s' % child if child else 'deleted',
+                  'id': backup_id, 'vol': volume_id})
+        removed.append(backup_id)
+    return removed

@@ -26,7 +26,7 @@ import datetime
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -55,6 +55,38 @@ except ImportError:  # pragma: no cover - oslo.service < 4 (eventlet only)
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
+
+
+def _made_by(schedule_name: str, session: Any, created: Callable
+             ) -> Callable:
+    """on_created: record the schedule that made the backup, first."""
+    def hook(record):
+        record.schedule_name = schedule_name
+        session.commit()
+        created(record)
+    return hook
+
+
+def _synthetic_after(session: Any, spec: Any, record: Any,
+                     kwargs: dict) -> Any:
+    """A full was due and an incremental made: its synthetic full."""
+    from chunkbackup import folding
+    try:
+        full = folding.create_synthetic_full(
+            session, spec.volume, name=kwargs['name'],
+            description=kwargs['description'],
+            volume_id=kwargs['volume_id'], container=kwargs['container'],
+            schedule_name=spec.name)
+    except Exception as e:
+        session.rollback()
+        LOG.error('Schedule %(s)s: the synthetic full of backup %(id)s '
+                  'failed (%(err)s); the next run tries again.',
+                  {'s': spec.name, 'id': record.id,
+                   'err': getattr(e, 'msg', None) or e})
+        return record
+    LOG.info('Schedule %(s)s: synthetic full %(id)s made from %(of)s.',
+             {'s': spec.name, 'id': full.id, 'of': record.id})
+    return full
 
 
 class Operation:
@@ -419,6 +451,9 @@ class BackupService(ServiceBase):
             status = states.CANCELLED
             error = ('cancelled: the service was stopped and its '
                      'shutdown_grace_period ran out (%s)' % error)
+        elif status == states.FAILED and self._job_cancelled(session, op):
+            status = states.CANCELLED
+            error = 'cancelled by chunkbackup job-cancel (%s)' % error
         if status == states.DONE:
             LOG.info('%s finished.', op.label)
         elif status in (states.CANCELLED, 'lease_lost'):
@@ -428,7 +463,8 @@ class BackupService(ServiceBase):
         self._count(session, op, status, time.monotonic() - started)
         try:
             if op.volume_lock:
-                workers.unlock_volume(session, op.volume_lock, self._owner)
+                workers.unlock_volume(session, op.volume_lock, self._owner,
+                                      lapsed_only=status == 'lease_lost')
             if op.abandoned or status == 'lease_lost':
                 # The shutdown has recorded how this ended, or the worker
                 # that took the lease over does; keep it.
@@ -442,12 +478,25 @@ class BackupService(ServiceBase):
                 if job is not None:
                     states.finish_job(session, job, status, error=error,
                                       backup_id=op.backup_id)
+            if op.schedule is not None:
+                schedules.record_result(session, op.schedule, status, error,
+                                        op.backup_id)
         except Exception:
             LOG.exception('Could not record the end of %s.', op.label)
         finally:
             session.close()
             op.done.set()
             self._wake.set()
+
+    @staticmethod
+    def _job_cancelled(session, op: Operation) -> bool:
+        try:
+            return states.job_cancel_requested(session, op.job_id)
+        except Exception:
+            LOG.exception('Could not read whether job %s was cancelled.',
+                          op.job_id)
+            session.rollback()
+            return False
 
     def _count(self, session, op: Operation, status: str,
                seconds: float) -> None:
@@ -482,6 +531,12 @@ class BackupService(ServiceBase):
                                         owner=self._me)
                 states.fail_backup(session, record, lost)
                 raise lost
+            if op.job_id is not None:
+                # Named before the cancel request is read: job-cancel
+                # sets the request, then reads the backup id.
+                states.link_job_backup(session, op.job_id, record.id)
+                if states.job_cancel_requested(session, op.job_id):
+                    cancelled = True
             if cancelled:
                 _request_cancel(self.catalog, record.id)
         return created
@@ -500,6 +555,7 @@ class BackupService(ServiceBase):
             operations.create_backup(
                 session, params['volume'],
                 incremental=bool(params.get('incremental')),
+                fallback_full=bool(params.get('incremental_fallback')),
                 name=params.get('name'),
                 description=params.get('description'),
                 volume_id=params.get('volume_id'),
@@ -514,11 +570,19 @@ class BackupService(ServiceBase):
         def run(session, op):
             volume_id = spec.effective_volume_id
             incremental = schedules.wants_incremental(session, spec)
+            # A full is due: with synthetic_full, an incremental (reading
+            # only changes) and then a synthetic full of it.
+            synthetic = (spec.synthetic_full and not incremental and
+                         api.latest_available(
+                             session, volume_id,
+                             operations.driver_name()) is not None)
+            incremental = incremental or synthetic
             kwargs = dict(name=schedules.schedule_backup_name(spec.name),
                           description='scheduled backup (%s schedule %s)'
                                       % (spec.source, spec.name),
                           volume_id=volume_id, container=spec.container,
-                          on_created=self._created(session, op))
+                          on_created=_made_by(spec.name, session,
+                                              self._created(session, op)))
             maps = {}
             if incremental:
                 maps = dict(dirty_bitmap=spec.dirty_bitmap)
@@ -541,10 +605,14 @@ class BackupService(ServiceBase):
                                     'vol': spec.volume,
                                     'kind': 'incremental'
                                     if record.parent_id else 'full'})
+            if synthetic and record.parent_id:
+                record = _synthetic_after(session, spec, record, kwargs)
             try:
                 retention.apply_retention(
                     session, volume_id, spec.retain_full,
-                    should_stop=lambda: op.cancel_requested)
+                    should_stop=lambda: op.cancel_requested,
+                    schedule_name=spec.name, keep_policy=spec.keep_policy,
+                    scope=spec.retention_scope)
             except Exception:
                 LOG.exception('Retention of schedule %s failed; the next '
                               'run tries again.', spec.name)

@@ -8,7 +8,8 @@ is put together::
 
     RetryingStore                      [chunkbackup] storage_retries ...
       extra wrappers                   add_wrapper(): tests' fault injection
-        RateLimitedStore               [chunkbackup] storage_rate_limit
+        RateLimitedStore               [chunkbackup] max_upload_rate,
+                                       max_download_rate, storage_rate_limit
           MeteredStore                 metrics_of(driver.store)
             DeadlineStore              [chunkbackup] storage_request_timeout,
                                        storage_min_rate, operation_timeout
@@ -19,7 +20,7 @@ Every wrapper is a ``ForwardingStore`` overriding only what it needs. A
 driver never knows it is being retried, metered or limited.
 """
 import threading
-from typing import Callable, Optional, TYPE_CHECKING
+from typing import Callable, Dict, Optional, TYPE_CHECKING
 
 from oslo_config import cfg
 
@@ -54,18 +55,56 @@ translated = errors.translated
 
 Wrapper = Callable[[ObjectStore], ObjectStore]
 
-# One bucket per process: the limit is on this process's traffic, whatever
-# number of drivers (operations) share it.
-_bucket: Optional[ratelimit.TokenBucket] = None
+# One bucket per limit per process: a limit is on this process's traffic,
+# whatever number of drivers (operations) and threads share it.
+_buckets: Dict[str, ratelimit.TokenBucket] = {}
 _bucket_lock = threading.Lock()
+# Bursts of the per-direction limits: small, so that a limit holds within a
+# few per cent over any ten seconds (the combined storage_rate_limit keeps
+# the one second it always allowed).
+DIRECTION_BURST = 0.1
 
 
-def _shared_bucket(rate: int) -> ratelimit.TokenBucket:
-    global _bucket
+def _shared_bucket(kind: str, rate: int,
+                   burst: float = 1.0) -> ratelimit.TokenBucket:
     with _bucket_lock:
-        if _bucket is None or _bucket.rate != rate:
-            _bucket = ratelimit.TokenBucket(rate)
-        return _bucket
+        bucket = _buckets.get(kind)
+        if bucket is None or bucket.rate != rate:
+            bucket = _buckets[kind] = ratelimit.TokenBucket(rate,
+                                                            burst=burst)
+        return bucket
+
+
+def rate_limited(store: ObjectStore,
+                 conf: cfg.ConfigOpts.GroupAttr) -> ObjectStore:
+    """``store`` held to this process's rate limits, if any is set."""
+    combined = conf.storage_rate_limit
+    upload = conf.max_upload_rate
+    download = conf.max_download_rate
+    if not (combined or upload or download):
+        return store
+    return RateLimitedStore(
+        store,
+        _shared_bucket('both', combined) if combined else None,
+        upload=[_shared_bucket('upload', upload, DIRECTION_BURST)]
+        if upload else [],
+        download=[_shared_bucket('download', download, DIRECTION_BURST)]
+        if download else [])
+
+
+def connections_needed(conf: Optional[cfg.ConfigOpts.GroupAttr] = None
+                       ) -> int:
+    """HTTP connections a driver's pool should keep for its I/O threads.
+
+    As many as objects move at once, uploads or downloads, plus one for
+    the metadata and listings that go alongside.
+    """
+    conf = conf if conf is not None else CONF.chunkbackup
+    uploads = conf.objects_in_flight
+    # [chunkbackup] restore_objects_in_flight is the engine's; read it
+    # whether or not this version registers it.
+    downloads = getattr(conf, 'restore_objects_in_flight', 16)
+    return max(uploads, downloads) + 1
 
 
 def build_store(driver: 'ChunkedBackupDriver') -> ObjectStore:
@@ -76,9 +115,7 @@ def build_store(driver: 'ChunkedBackupDriver') -> ObjectStore:
     if limits.active:
         store = DeadlineStore(store, store_name(driver), limits)
     store = MeteredStore(store, StoreMetrics())
-    if conf.storage_rate_limit:
-        store = RateLimitedStore(store,
-                                 _shared_bucket(conf.storage_rate_limit))
+    store = rate_limited(store, conf)
     for wrap in getattr(driver, 'extra_store_wrappers', ()):
         store = wrap(store)
     return RetryingStore(store, retries=conf.storage_retries,

@@ -40,7 +40,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable, Generator, List, Optional
+from typing import Callable, Generator, Iterator, List, Optional, Union
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -414,9 +414,29 @@ class DeadlineStore(base.ForwardingStore):
 
     def put_stream(self, container: str, name: str, produce: base.Produce,
                    extra_metadata: Optional[dict] = None) -> None:
-        self._call('put', base.target_of(container, name),
-                   self.inner.put_stream, container, name, produce,
-                   extra_metadata)
+        transfer = self._transfer('put', base.target_of(container, name))
+
+        def outside() -> Iterator[Union[bytes, memoryview]]:
+            # The producer's time (reading, compressing, waiting for a
+            # rate limit) is not the link's: a driver sending chunks as
+            # they come must not look stalled while it waits for one.
+            chunks = iter(produce())
+            while True:
+                transfer.leave()
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                finally:
+                    transfer.enter()
+                yield chunk
+
+        _watchdog.add(transfer)
+        try:
+            self._inside(transfer, self.inner.put_stream, container, name,
+                         lambda: outside(), extra_metadata)
+        finally:
+            _watchdog.remove(transfer)
 
     def get(self, container: str, name: str,
             extra_metadata: Optional[dict] = None) -> bytes:
@@ -441,6 +461,19 @@ class DeadlineStore(base.ForwardingStore):
         finally:
             _watchdog.remove(transfer)
             chunks.close()
+
+    def get_range(self, container: str, name: str, offset: int,
+                  length: int, extra_metadata: Optional[dict] = None
+                  ) -> bytes:
+        return self._call('get', base.target_of(container, name),
+                          self.inner.get_range, container, name, offset,
+                          length, extra_metadata)
+
+    def object_size(self, container: str, name: str,
+                    extra_metadata: Optional[dict] = None) -> int:
+        return self._call('head', base.target_of(container, name),
+                          self.inner.object_size, container, name,
+                          extra_metadata)
 
     def list(self, container: str, prefix: str) -> List[str]:
         return self._call('list', '%s/%s*' % (container, prefix),

@@ -1,6 +1,7 @@
 """``DriverStore``: the ObjectStore made of a driver's Cinder-style hooks."""
 import inspect
-from typing import Callable, Generator, Iterator, List, Optional, TYPE_CHECKING
+from typing import (Callable, Generator, Iterator, List, Optional,
+                    TYPE_CHECKING, Union)
 
 from chunkbackup import exception
 from chunkbackup import names
@@ -24,7 +25,8 @@ class _ProducerFailed(BaseException):
         self.original = original
 
 
-def _chunks_of(produce: base.Produce) -> Iterator[bytes]:
+def _chunks_of(produce: base.Produce
+               ) -> Iterator[Union[bytes, memoryview]]:
     try:
         yield from produce()
     except Exception as e:
@@ -47,6 +49,17 @@ class DriverStore(base.ObjectStore):
     Names are checked here, once for all drivers. Failures leave as
     chunkbackup exceptions built by ``errors.storage_error`` from the
     driver's ``classify_error``; chunkbackup's own pass unchanged.
+
+    Optional hooks, used when the driver has them:
+
+    - ``put_object_stream(container, object_name, chunks,
+      extra_metadata=None)``: store an iterator of chunks as one object,
+      without holding it whole (streams otherwise go through
+      ``get_object_writer``, which a remote store buffers);
+    - ``get_object_range(container, object_name, offset, length,
+      extra_metadata=None) -> bytes`` and ``get_object_size(container,
+      object_name, extra_metadata=None) -> int``: both, or ranges are
+      read from the object's start.
     """
 
     def __init__(self, driver: 'ChunkedBackupDriver') -> None:
@@ -70,8 +83,13 @@ class DriverStore(base.ObjectStore):
     def put_stream(self, container: str, name: str, produce: base.Produce,
                    extra_metadata: Optional[dict] = None) -> None:
         self._check(container, name)
+        put_object_stream = getattr(self.driver, 'put_object_stream', None)
         try:
             with errors.translated(self.driver, 'put', container, name):
+                if put_object_stream is not None:
+                    put_object_stream(container, name, _chunks_of(produce),
+                                      extra_metadata=extra_metadata)
+                    return
                 with self.driver.get_object_writer(
                         container, name,
                         extra_metadata=extra_metadata) as writer:
@@ -108,10 +126,58 @@ class DriverStore(base.ObjectStore):
                         return
                     yield chunk
 
+    @property
+    def supports_ranges(self) -> bool:
+        return (getattr(self.driver, 'get_object_range', None) is not None and
+                getattr(self.driver, 'get_object_size', None) is not None)
+
+    def get_range(self, container: str, name: str, offset: int,
+                  length: int, extra_metadata: Optional[dict] = None
+                  ) -> bytes:
+        if not self.supports_ranges:
+            return super().get_range(container, name, offset, length,
+                                     extra_metadata)
+        self._check(container, name)
+        base.check_range(offset, length)
+        if length == 0:
+            # Nothing to read, but a missing object is still missing.
+            self.object_size(container, name, extra_metadata)
+            return b''
+        with errors.translated(self.driver, 'get', container, name):
+            body = getattr(self.driver, 'get_object_range')(
+                container, name, offset, length,
+                extra_metadata=extra_metadata)
+        if len(body) > length:
+            raise exception.StorageError(
+                operation='get', target=base.target_of(container, name),
+                reason='asked for %d bytes at offset %d, the store sent %d'
+                       % (length, offset, len(body)))
+        return body
+
+    def object_size(self, container: str, name: str,
+                    extra_metadata: Optional[dict] = None) -> int:
+        if not self.supports_ranges:
+            return super().object_size(container, name, extra_metadata)
+        self._check(container, name)
+        with errors.translated(self.driver, 'head', container, name):
+            return int(getattr(self.driver, 'get_object_size')(
+                container, name, extra_metadata=extra_metadata))
+
     def list(self, container: str, prefix: str) -> List[str]:
         self._check(container)
         with errors.translated(self.driver, 'list', container):
             return list(self.driver.get_container_entries(container, prefix))
+
+    def copy(self, container: str, name: str, dest_container: str,
+             dest_name: str) -> None:
+        """The driver's server-side ``copy_object``, else via the client."""
+        self._check(container, name)
+        self._check(dest_container, dest_name)
+        with errors.translated(self.driver, 'copy', container, name):
+            copied = self.driver.copy_object(container, name, dest_container,
+                                             dest_name)
+        if not copied:
+            super().copy(container, name, dest_container, dest_name)
 
     def delete(self, container: str, name: str) -> None:
         self._check(container, name)

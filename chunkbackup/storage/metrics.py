@@ -11,7 +11,9 @@ from typing import Callable, Dict, Generator, List, Optional
 
 from chunkbackup.storage import base
 
-OPERATIONS = ('ensure_container', 'put', 'get', 'list', 'delete')
+# 'get' counts whole, streamed and ranged reads; 'head' asks for a size.
+OPERATIONS = ('ensure_container', 'put', 'get', 'head', 'list', 'delete',
+              'copy')
 
 
 @dataclasses.dataclass
@@ -116,8 +118,24 @@ class MeteredStore(base.ForwardingStore):
             received += len(chunk)
             yield chunk
 
+    def get_range(self, container: str, name: str, offset: int,
+                  length: int, extra_metadata: Optional[dict] = None
+                  ) -> bytes:
+        return self._timed('get', len, self.inner.get_range, container,
+                           name, offset, length, extra_metadata)
+
+    def object_size(self, container: str, name: str,
+                    extra_metadata: Optional[dict] = None) -> int:
+        return self._timed('head', 0, self.inner.object_size, container,
+                           name, extra_metadata)
+
     def list(self, container: str, prefix: str) -> List[str]:
         return self._timed('list', 0, self.inner.list, container, prefix)
+
+    def copy(self, container: str, name: str, dest_container: str,
+             dest_name: str) -> None:
+        self._timed('copy', 0, self.inner.copy, container, name,
+                    dest_container, dest_name)
 
     def delete(self, container: str, name: str) -> None:
         self._timed('delete', 0, self.inner.delete, container, name)

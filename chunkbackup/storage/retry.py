@@ -101,9 +101,29 @@ class RetryingStore(base.ForwardingStore):
                 attempt = self._wait(attempt, 'get',
                                      base.target_of(container, name), e)
 
+    def get_range(self, container: str, name: str, offset: int,
+                  length: int, extra_metadata: Optional[dict] = None
+                  ) -> bytes:
+        return self._retry('get', base.target_of(container, name),
+                           self.inner.get_range, container, name, offset,
+                           length, extra_metadata)
+
+    def object_size(self, container: str, name: str,
+                    extra_metadata: Optional[dict] = None) -> int:
+        return self._retry('head', base.target_of(container, name),
+                           self.inner.object_size, container, name,
+                           extra_metadata)
+
     def list(self, container: str, prefix: str) -> List[str]:
         return self._retry('list', '%s/%s*' % (container, prefix),
                            self.inner.list, container, prefix)
+
+    def copy(self, container: str, name: str, dest_container: str,
+             dest_name: str) -> None:
+        # Idempotent: the same bytes under the same name again.
+        self._retry('copy', base.target_of(container, name),
+                    self.inner.copy, container, name, dest_container,
+                    dest_name)
 
     def delete(self, container: str, name: str) -> None:
         self._retry('delete', base.target_of(container, name),

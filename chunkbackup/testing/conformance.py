@@ -17,20 +17,28 @@ yours. Subclass ``DriverConformance`` in a pytest module and provide the
             return make
 
 Optionally override ``container`` (a fresh container or bucket name for each
-test; the default is a unique DNS-safe name) and ``corrupt`` (how to damage
-a stored object out of band; the default rewrites it through the driver).
+test; the default is a unique DNS-safe name), ``corrupt`` (how to damage
+a stored object out of band; the default rewrites it through the driver)
+and ``stream_size`` (the size of the streamed objects: larger than what
+your driver sends in one request, so its streaming path is the one tested;
+the default, a little over 9 MiB, is above the 8 MiB that the shipped
+drivers send whole).
 
 The suite covers naming rules, writer/reader round trips of empty, small
 and object-size bodies, listing by prefix across pages, deletes of missing
 objects, full and incremental backups, cmp-exact restores, verify,
-corruption detection, names that would escape, and behaviour under the
+corruption detection, names that would escape, behaviour under the
 fault-injecting wrapper (transient faults recovered, permanent ones
-reported and cleaned up).
+reported and cleaned up), and streams: a streamed put of uneven chunks
+stores the bytes a whole-body write stores, ``get_stream`` delivers pieces
+of the size asked for, ``get_range`` and ``object_size`` answer at the
+edges and for missing objects, and a producer that fails half-way leaves
+no object.
 """
 import filecmp
 import os
 import pathlib
-from typing import Callable, TYPE_CHECKING, Union
+from typing import Callable, cast, Iterator, TYPE_CHECKING, Union
 import uuid
 
 from oslo_config import cfg
@@ -38,6 +46,8 @@ import pytest
 
 from chunkbackup import backupformat as fmt
 from chunkbackup import exception
+from chunkbackup import storage
+from chunkbackup.storage import driverstore
 from chunkbackup.testing import faults
 from chunkbackup.testing.record import BackupRecord
 from chunkbackup.testing import volumes
@@ -46,6 +56,7 @@ if TYPE_CHECKING:
     from chunkbackup.chunked import ChunkedBackupDriver
 
 CONF = cfg.CONF
+MiB = 1024 * 1024
 # The fixture a test module provides: a fresh, configured driver each call.
 MakeDriver = Callable[[], 'ChunkedBackupDriver']
 
@@ -65,6 +76,9 @@ class DriverConformance:
                      'storage_retry_backoff', 'storage_retry_max_delay',
                      'compression_algorithm', 'storage_retries'):
             CONF.clear_override(name, 'chunkbackup')
+
+    # Bytes of the streamed objects; see the module docstring.
+    stream_size = 9 * MiB + 12345
 
     @pytest.fixture
     def container(self) -> str:
@@ -153,6 +167,108 @@ class DriverConformance:
         chunks = list(driver.store.get_stream(container, 'obj-s',
                                               chunk_size=4096))
         assert b''.join(chunks) == body
+
+    @staticmethod
+    def _uneven(body: bytes) -> 'storage.Produce':
+        """A producer of ``body`` in uneven chunks from one reused buffer.
+
+        The engine reuses its buffers too: a store must copy or send a
+        chunk before it asks for the next.
+        """
+        sizes = (1, 65536, 3 * MiB + 7, 4093, MiB - 1, 2 * MiB + 3)
+
+        def produce() -> Iterator[memoryview]:
+            buffer = bytearray(max(sizes))
+            position = 0
+            n = 0
+            while position < len(body):
+                size = min(sizes[n % len(sizes)], len(body) - position)
+                buffer[:size] = body[position:position + size]
+                yield memoryview(buffer)[:size]
+                position += size
+                n += 1
+        # Views of a reused buffer: harder on a store than fresh bytes.
+        return cast('storage.Produce', produce)
+
+    def test_streamed_put_is_byte_identical(self,
+                                            driver: 'ChunkedBackupDriver',
+                                            container: str) -> None:
+        body = os.urandom(self.stream_size)
+        store = driver.store
+        store.ensure_container(container)
+        store.put_stream(container, 'obj-streamed', self._uneven(body))
+        # The same bytes as a whole body, through Cinder's writer.
+        with driver.get_object_writer(container, 'obj-whole') as writer:
+            writer.write(body)
+        assert store.get(container, 'obj-streamed') == body
+        assert store.get(container, 'obj-whole') == body
+        assert store.object_size(container, 'obj-streamed') == len(body)
+        # Small streams too (one request on every shipped driver).
+        for size in (0, 1, 70000):
+            store.put_stream(container, 'obj-%d' % size,
+                             self._uneven(body[:size]))
+            assert store.get(container, 'obj-%d' % size) == body[:size]
+
+    def test_get_stream_in_pieces(self, driver: 'ChunkedBackupDriver',
+                                  container: str) -> None:
+        body = os.urandom(3 * MiB + 99)
+        store = driver.store
+        store.ensure_container(container)
+        store.put(container, 'obj-p', body)
+        piece = 256 * 1024
+        chunks = list(store.get_stream(container, 'obj-p',
+                                       chunk_size=piece))
+        assert b''.join(chunks) == body
+        with driver.get_object_reader(container, 'obj-p') as reader:
+            streams = driverstore.reads_in_pieces(reader.read)
+        if streams:  # (a reader without read(size) gives one chunk)
+            assert len(chunks) >= len(body) // piece
+            assert max(len(c) for c in chunks) <= piece
+        stream = store.get_stream(container, 'never-was')
+        with pytest.raises(exception.StorageObjectNotFound):
+            next(stream)
+
+    def test_ranges_and_sizes(self, driver: 'ChunkedBackupDriver',
+                              container: str) -> None:
+        body = os.urandom(MiB + 4321)
+        size = len(body)
+        store = driver.store
+        store.ensure_container(container)
+        store.put(container, 'obj-r', body)
+        store.put(container, 'obj-empty', b'')
+        assert store.object_size(container, 'obj-r') == size
+        assert store.object_size(container, 'obj-empty') == 0
+        for offset, length in ((0, 10), (0, size), (size // 3, 65536),
+                               (size - 5, 100), (size - 1, 1),
+                               (size, 10), (size + 1000, 10), (77, 0)):
+            assert store.get_range(container, 'obj-r', offset, length) == \
+                body[offset:offset + length], (offset, length)
+        assert store.get_range(container, 'obj-empty', 0, 10) == b''
+        for call in (lambda: store.get_range(container, 'never-was', 0, 9),
+                     lambda: store.object_size(container, 'never-was')):
+            with pytest.raises(exception.StorageObjectNotFound):
+                call()
+
+    def test_failed_producer_leaves_nothing(self,
+                                            driver: 'ChunkedBackupDriver',
+                                            container: str) -> None:
+        store = driver.store
+        store.ensure_container(container)
+        chunk = os.urandom(MiB)
+        for cut in (self.stream_size // 2, 1000):  # streamed and small
+
+            def produce() -> Iterator[bytes]:
+                sent = 0
+                while sent < cut:
+                    yield chunk[:min(len(chunk), cut - sent)]
+                    sent += min(len(chunk), cut - sent)
+                raise RuntimeError('the volume went away')
+
+            with pytest.raises(RuntimeError):
+                store.put_stream(container, 'obj-cut', produce)
+            assert store.list(container, 'obj-cut') == []
+            with pytest.raises(exception.StorageObjectNotFound):
+                store.get(container, 'obj-cut')
 
     def test_failed_write_leaves_nothing(self, driver: 'ChunkedBackupDriver',
                                          container: str) -> None:

@@ -42,9 +42,9 @@ class FaultPlan:
 class FaultInjectingStore(storage.ForwardingStore):
     """Fails chosen calls of ``put``, ``get``, ``list`` and ``delete``.
 
-    Streams count as puts and gets. A ``lost_reply`` on ``get_stream``
-    breaks the transfer off after the first chunk, as a cut connection
-    does, so the retries must resume it.
+    Streams count as puts and gets, and so do ranged reads and sizes. A
+    ``lost_reply`` on ``get_stream`` breaks the transfer off after the
+    first chunk, as a cut connection does, so the retries must resume it.
     """
 
     def __init__(self, plan: FaultPlan,
@@ -128,6 +128,20 @@ class FaultInjectingStore(storage.ForwardingStore):
                 raise self._fault(kind, 'get', target)
         if kind == 'lost_reply':  # an empty body: nothing to cut
             raise self._fault(kind, 'get', target)
+
+    def get_range(self, container: str, name: str, offset: int,
+                  length: int, extra_metadata: Optional[dict] = None
+                  ) -> bytes:
+        return self._run('get', storage.base.target_of(container, name),
+                         self.inner.get_range, container, name, offset,
+                         length, extra_metadata)
+
+    def object_size(self, container: str, name: str,
+                    extra_metadata: Optional[dict] = None) -> int:
+        # A size is asked for as a body is: the same faults, as a get.
+        return self._run('get', storage.base.target_of(container, name),
+                         self.inner.object_size, container, name,
+                         extra_metadata)
 
     def list(self, container: str, prefix: str) -> List[str]:
         return self._run('list', '%s/%s*' % (container, prefix),

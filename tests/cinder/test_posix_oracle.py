@@ -158,3 +158,26 @@ def test_each_deletes_the_others_backups(drivers, shared):
     # leaves it.
     assert not os.path.exists(os.path.join(shared, theirs.container))
     assert os.listdir(os.path.join(shared, ours.container)) == []
+
+
+@pytest.mark.parametrize('ours', ['zstd', 'zlib', 'bz2', 'none'])
+def test_streamed_objects_restored_by_cinder(drivers, overrides, ours):
+    """Objects of several pieces, streamed, read whole by Cinder's driver."""
+    from chunkbackup.engine import backup as backup_writer
+
+    object_size = 3 * backup_writer.PIECE_SIZE  # three pieces an object
+    overrides('compression_algorithm', ours, 'chunkbackup')
+    overrides('object_size', object_size, 'backup_posix')
+    overrides('backup_file_size', object_size)
+    drivers.load()
+    v0 = conftest.random_volume(2 * object_size + 5 * MiB + 3 * KiB, seed=11)
+    v1 = bytearray(v0)
+    v1[object_size - MiB:object_size + 2 * MiB] = os.urandom(3 * MiB)
+    full = drivers.backup(drivers.ours, v0)
+    incr = drivers.backup(drivers.ours, bytes(v1), parent=full)
+    objects = drivers.ours.plan_restore(full).chain[-1].metadata.objects
+    assert [e.length for e in objects][:2] == [object_size] * 2
+    assert drivers.restore(drivers.cinder, full) == v0
+    assert drivers.restore(drivers.cinder, incr) == bytes(v1)
+    assert drivers.restore(drivers.cinder, incr, new=False, size=len(v1),
+                           junk=True) == bytes(v1)

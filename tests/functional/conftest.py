@@ -29,3 +29,14 @@ def moto_server():
     from tests.functional.servers import moto
     with moto.running_moto() as server:
         yield server
+
+
+@pytest.fixture(scope='session')
+def barbican_server():
+    """OpenStack Barbican from pip `barbican` (SQLite, simple_crypto).
+
+    No keystone: its unauthenticated-context pipeline.
+    """
+    from tests.functional.servers import barbican
+    with barbican.running_barbican() as server:
+        yield server

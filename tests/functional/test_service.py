@@ -486,3 +486,66 @@ def test_catalog_schedule_from_the_cli(tmp_path, services):
     (schedule,) = cli(config, 'schedule-list')
     assert schedule['name'] == 'nightly' and schedule['last_run_at']
     assert restore(config, tmp_path, kept['id']) == data
+
+
+def test_schedule_retention_leaves_manual_backups_alone(tmp_path, services):
+    """The new user's surprise: retain_full = 1 deleted, within seconds,
+    the hand-made full and incremental of the same volume. Now a
+    schedule's retention considers only the backups it made (and a keep_*
+    policy does the same).
+    """
+    volume = tmp_path / 'disk.img'
+    data = _make_volume(volume, seed=9, size=256 * 1024)
+    config = write_config(tmp_path, 'eventlet')
+    catalog = Catalog(tmp_path / 'catalog.sqlite')
+    manual_full = cli(config, 'backup-create', str(volume))
+    write_volume(volume, data[:128 * 1024] + bytes(128 * 1024))
+    manual_inc = cli(config, 'backup-create', str(volume), '--incremental')
+    mine = {manual_full['id'], manual_inc['id']}
+    cli(config, 'schedule-set', 'nightly', str(volume), '--interval', '1',
+        '--full-every', '1', '--retain-full', '1')
+    service = services(config, tmp_path / 'service.log')
+    seen = {}
+
+    def three_runs_and_a_retention():
+        rows = catalog.backups()
+        for row in rows:
+            seen[row['id']] = row
+        scheduled = [i for i in seen if i not in mine]
+        gone = [i for i in scheduled if i not in {r['id'] for r in rows}]
+        return len(scheduled) >= 3 and len(gone) >= 2
+    wait_for(three_runs_and_a_retention, 'three scheduled runs', service)
+    assert service.terminate() == 0, service.output()
+    rows = {r['id']: r for r in catalog.backups()}
+    assert mine <= set(rows), 'a hand-made backup was removed'
+    assert [r for r in rows.values() if r['id'] not in mine and
+            r['status'] == 'available']
+    for backup_id in mine:
+        cli(config, 'backup-verify', backup_id)
+    assert restore(config, tmp_path, manual_full['id']) == data
+    shown = cli(config, 'backup-show', [i for i in rows if i not in mine][0])
+    assert shown['schedule'] == 'nightly'
+
+
+def test_schedule_with_synthetic_fulls(tmp_path, services):
+    """synthetic_full: a due full is an incremental plus its synthetic
+    full; retention then removes the old chain whole.
+    """
+    volume = tmp_path / 'disk.img'
+    _make_volume(volume, seed=12, size=256 * 1024)
+    config = write_config(tmp_path, 'eventlet')
+    catalog = Catalog(tmp_path / 'catalog.sqlite')
+    cli(config, 'schedule-set', 'nightly', str(volume), '--interval', '1',
+        '--full-every', '2', '--retain-full', '1', '--synthetic-full')
+    service = services(config, tmp_path / 'service.log')
+
+    def a_synthetic_full():
+        return [b for b in cli(config, 'backup-list')
+                if (b.get('stats') or {}).get('synthetic_full_of')]
+    wait_for(a_synthetic_full, 'a synthetic full', service)
+    assert service.terminate() == 0, service.output()
+    synthetic = a_synthetic_full()[0]
+    assert synthetic['parent_id'] is None
+    assert synthetic['schedule'] == 'nightly'
+    cli(config, 'backup-verify', synthetic['id'])
+    assert all(r['status'] == 'available' for r in catalog.backups())

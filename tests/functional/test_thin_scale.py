@@ -14,8 +14,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -32,17 +30,6 @@ RSS_LIMIT = 256 * MiB
 # Two _sha256file documents of ~2.4 GB, block maps spilled to disk (1 GiB
 # per map), the restored file's data, with room to spare.
 NEEDED_FREE = 12 * GiB
-
-# Runs a command and writes the peak RSS of its process tree (what
-# getrusage(RUSAGE_CHILDREN) says once it was waited for) to argv[1].
-_MEASURE = '''
-import json, resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-with open(sys.argv[1], 'w') as f:
-    json.dump({'rc': rc, 'maxrss_kib': usage.ru_maxrss}, f)
-sys.exit(rc)
-'''
 
 
 def _scattered_pieces(rng, count, length):
@@ -111,18 +98,7 @@ def _same_thin_files(expected, got):
 
 
 def _measured(cli, tmp_path, *args):
-    """Run the CLI under _MEASURE; its JSON output and peak RSS in bytes."""
-    report = tmp_path / 'rss.json'
-    cmd = [sys.executable, '-c', _MEASURE, str(report)] + cli.command(
-        *(args + ('--format', 'json')))
-    result = subprocess.run(cmd, capture_output=True, text=True,
-                            env=cli.env(), timeout=1800)
-    assert result.returncode == 0, 'chunkbackup %s failed: %s' % (
-        ' '.join(args), result.stderr)
-    rss = json.loads(report.read_text())['maxrss_kib'] * KiB
-    assert rss < RSS_LIMIT, 'chunkbackup %s peaked at %.0f MiB RSS' % (
-        args[0], rss / MiB)
-    return json.loads(result.stdout), rss
+    return cli.measured(*args, limit=RSS_LIMIT)
 
 
 @pytest.fixture

@@ -112,6 +112,9 @@ def _config(tmp_path, index, url, server, bucket, port):
         '[database]\n'
         'connection = %(url)s\n'
         '[backup_service]\n'
+        # One process a worker: the test signals the worker it names
+        # host:pid (under threading the worker is a cotyledon child).
+        'backend = eventlet\n'
         'poll_interval = 0.2\n'
         'max_concurrent_operations = 2\n'
         'shutdown_grace_period = 30\n'
@@ -237,6 +240,16 @@ def test_three_workers_fail_over_with_nothing_lost(tmp_path, moto_server,
         assert by_name[names[2]]['state'] == 'up'
         metrics = {name: _metrics(port)
                    for name, port in zip(names[1:], ports[1:])}
+    except BaseException:
+        # A failure must not leave workers running (they would keep
+        # polling a dropped database and load the machine for later tests).
+        for worker in workers:
+            if worker.alive():
+                try:
+                    os.killpg(worker.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        raise
     finally:
         for worker in workers:
             if worker.alive():

@@ -10,7 +10,8 @@ from chunkbackup.testing.record import BackupRecord
 
 CONF = cfg.CONF
 _ENGINE = ('compression_algorithm', 'compression_level', 'sha_block_size',
-           'objects_in_flight', 'cpu_workers', 'incremental_merge_gap',
+           'objects_in_flight', 'restore_objects_in_flight', 'cpu_workers',
+           'incremental_merge_gap',
            'restore_check_md5', 'storage_retries', 'storage_retry_backoff',
            'cancel_check_interval')
 

@@ -40,6 +40,17 @@ def _serving(body_size, pace, stop):
                 self.wfile.flush()
                 time.sleep(pace)
 
+        def do_PUT(self):
+            # A chunked body, read as it comes.
+            while True:
+                size = int(self.rfile.readline().strip() or b'0', 16)
+                self.rfile.read(size + 2)
+                if size == 0:
+                    break
+            self.send_response(201)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+
         def log_message(self, *args):
             pass
 
@@ -148,6 +159,39 @@ def test_a_slow_consumer_of_a_stream_is_not_the_links_fault(server):
         received += len(chunk)
         time.sleep(0.6)
     assert received == 40 * 1000
+
+
+class ChunkedPutStore(HttpStore):
+    """put_stream with chunked transfer encoding, chunk by chunk."""
+
+    def put_stream(self, container, name, produce, extra_metadata=None):
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=30)
+        try:
+            conn.request('PUT', '/%s/%s' % (container, name),
+                         body=iter(produce()), encode_chunked=True)
+            assert conn.getresponse().status == 201
+        finally:
+            conn.close()
+
+
+def test_a_slow_producer_of_a_stream_is_not_the_links_fault(server):
+    # Each chunk takes the producer (a compressor, a rate limit) 0.3 s:
+    # 3 s in all, over the request timeout, idle for whole windows.
+    port = server()
+    store = deadline.DeadlineStore(
+        ChunkedPutStore(port), 'teststore',
+        deadline.Limits(request_timeout=1.0, min_rate=50 * 1000,
+                        min_rate_time=0.5))
+    seen = []
+
+    def produce():
+        for _ in range(10):
+            time.sleep(0.3)
+            seen.append(deadline._local.transfer.inside)
+            yield b'x' * 10000
+
+    store.put_stream('c', 'o', produce)
+    assert seen == [False] * 10
 
 
 class SlowLocalStore(base.ObjectStore):

@@ -223,9 +223,10 @@ def test_zero_pieces_are_hashed_and_compressed_once(make_posix, ops,
                                                     tmp_path, monkeypatch):
     driver = make_posix(compression_algorithm='zlib')
     calls = []
-    real = driver.compressor.compress
-    monkeypatch.setattr(driver.compressor, 'compress',
-                        lambda data: calls.append(len(data)) or real(data))
+    real = driver.compressor.stream
+    monkeypatch.setattr(driver.compressor, 'stream',
+                        lambda length, sample: calls.append(length) or
+                        real(length, sample))
     vol = str(tmp_path / 'zeros')
     with open(vol, 'wb') as f:
         f.write(bytes(64 * 1024 * 8))

@@ -45,3 +45,31 @@ def test_secrets_are_secret():
         for opt in options:
             if opt.name in names:
                 assert opt.secret, (group, opt.name)
+
+
+def test_option_modules_name_every_driver_group():
+    """chunkbackup.drivers.OPTION_MODULES lists the options of every
+    driver module (a new driver's options would be missing from
+    start-up checks and the sample otherwise), without the client
+    libraries.
+    """
+    import importlib
+    import pkgutil
+    import sys
+
+    import chunkbackup.drivers
+
+    listed = dict(opts.list_opts())
+    for info in pkgutil.iter_modules(chunkbackup.drivers.__path__):
+        module = importlib.import_module('chunkbackup.drivers.' + info.name)
+        if hasattr(module, 'GROUP') and hasattr(module, 'OPTS'):
+            assert module.GROUP in listed, module.__name__
+            assert ({o.name for o in module.OPTS} <=
+                    {o.name for o in listed[module.GROUP]}), module.__name__
+    # The listed modules themselves stay light.
+    for name in chunkbackup.drivers.OPTION_MODULES:
+        source = sys.modules[name].__file__
+        with open(source) as f:
+            text = f.read()
+        for heavy in ('import boto3', 'from google.cloud', 'swiftclient'):
+            assert heavy not in text, (name, heavy)

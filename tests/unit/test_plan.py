@@ -68,18 +68,30 @@ def test_uncovered_non_zero_range_is_an_error_naming_its_offset():
     assert 'not zeros' in str(info.value)
 
 
-def test_overlapping_objects_are_refused():
+def test_overlapping_objects_of_a_layer_later_one_wins():
+    # A folded backup lists its parent's objects first; later objects win
+    # where they overlap, as Cinder's restore writes them in list order.
     chain = [_layer('a', [(0, 2 * BS), (BS, 2 * BS)])]
-    with pytest.raises(exception.InvalidBackupMetadata,
-                       match='a-00001 and a-00002 overlap'):
-        restore_plan.check_chain(chain, BS)
+    plan = _plan(chain, 'DDD', size=3 * BS)
+    assert _fetched(plan) == [('a-00001', [(0, BS)]),
+                              ('a-00002', [(BS, 3 * BS)])]
 
 
-def test_overlap_found_whatever_the_listed_order():
+def test_overlap_whatever_the_listed_order():
     chain = [_layer('a', [(4 * BS, 2 * BS), (0, BS), (5 * BS, BS)])]
-    with pytest.raises(exception.InvalidBackupMetadata,
-                       match='a-00001 and a-00003 overlap'):
-        restore_plan.check_chain(chain, BS)
+    plan = _plan(chain, 'DZZZDD', size=6 * BS)
+    assert _fetched(plan) == [('a-00002', [(0, BS)]),
+                              ('a-00001', [(4 * BS, 5 * BS)]),
+                              ('a-00003', [(5 * BS, 6 * BS)])]
+
+
+def test_object_may_end_inside_a_block_a_later_object_rewrites():
+    # A folded parent's short last block, rewritten whole by the child
+    # after the volume grew.
+    chain = [_layer('a', [(0, BS + 100), (BS, 2 * BS)])]
+    plan = _plan(chain, 'DDD', size=3 * BS)
+    assert _fetched(plan) == [('a-00001', [(0, BS)]),
+                              ('a-00002', [(BS, 3 * BS)])]
 
 
 @pytest.mark.parametrize('objects', [

@@ -206,8 +206,10 @@ def test_apply_retention_deletes_records_and_objects(tmp_path, session):
     assert _objects(tmp_path, f2)
 
 
-def test_retention_keeps_a_chain_whose_child_cannot_go(tmp_path, session,
+def test_retention_folds_around_a_child_that_cannot_go(tmp_path, session,
                                                        monkeypatch, caplog):
+    # The child that cannot be deleted stays, whole: its parent is folded
+    # into it (it becomes a full backup with the same image).
     volume = _volume(tmp_path)
     f1 = operations.create_backup(session, volume)
     i1 = operations.create_backup(session, volume, incremental=True)
@@ -219,10 +221,12 @@ def test_retention_keeps_a_chain_whose_child_cannot_go(tmp_path, session,
             raise operations.OperationError(reason='injected')
         return real(s, backup_id)
     monkeypatch.setattr(operations, 'delete_backup', failing)
-    assert retention.apply_retention(session, f1.volume_id, 1) == []
-    assert {b.id for b in api.list_backups(session)} == {f1.id, i1.id,
-                                                         f2.id}
-    assert 'could not delete backup %s' % i1.id in caplog.text
+    assert retention.apply_retention(session, f1.volume_id, 1) == [f1.id]
+    assert {b.id for b in api.list_backups(session)} == {i1.id, f2.id}
+    assert 'could not remove backup %s' % i1.id in caplog.text
+    session.refresh(i1)
+    assert i1.parent_id is None and i1.status == 'available'
+    operations.verify_backup(session, i1.id)
 
 
 def test_owner_alive():
@@ -543,3 +547,122 @@ def test_stop_cancels_after_the_grace_period(running_service, catalog,
     session.expire_all()
     assert session.get(models.Job, stuck).status == states.CANCELLED
     session.close()
+
+
+def test_job_cancel_stops_a_running_job(running_service, catalog,
+                                        monkeypatch):
+    """job-cancel of a running job: its backup ends error, the job too."""
+    session = catalog.session()
+    stand = running_service.stand
+    real = stand.runner
+
+    def linking(job_id):
+        run = real(job_id)
+
+        def linked(s, op):
+            # What the on_created hook does for a real backup.
+            original = states.begin_backup
+
+            def begin(*args, **kwargs):
+                record = original(*args, **kwargs)
+                states.link_job_backup(s, job_id, record.id)
+                return record
+            monkeypatch.setattr(states, 'begin_backup', begin)
+            run(s, op)
+        return linked
+    monkeypatch.setattr(running_service, '_job_runner', linking)
+    job_id = states.enqueue_job(session, 'backup', {'volume': '/v'}).id
+    _wait(lambda: len(stand.started) == 1)
+    outcome = states.cancel_job(session, job_id)
+    assert outcome.startswith('stopping: backup ')
+
+    def ended():
+        session.expire_all()
+        return session.get(models.Job, job_id).status == states.CANCELLED
+    _wait(ended)
+    job = session.get(models.Job, job_id)
+    assert 'job-cancel' in job.error and job.cancel_requested
+    assert api.get_backup(session, job.backup_id).status == states.ERROR
+    assert states.cancel_job(session, job_id).startswith('already cancelled')
+    session.close()
+
+
+def test_job_cancel_of_a_queued_job_and_schedule_results(catalog):
+    session = catalog.session()
+    job = states.enqueue_job(session, 'backup', {'volume': '/v'})
+    assert states.cancel_job(session, job.id) == 'cancelled before it ran'
+    session.refresh(job)
+    assert job.status == states.CANCELLED and job.finished_at is not None
+    # Nothing claims a cancelled job.
+    assert states.claim_job(session, 'me') is None
+    row = models.Schedule(name='s', volume_path='/v', interval_seconds=60,
+                          created_at=models.utcnow(),
+                          last_run_at=datetime.datetime(2030, 1, 1))
+    session.add(row)
+    session.commit()
+    assert schedules.next_run(row) == datetime.datetime(2030, 1, 1, 0, 1)
+    schedules.record_result(session, 's', states.FAILED, 'disk gone', None)
+    session.refresh(row)
+    assert schedules.last_result(row) == 'failed'
+    assert row.last_error == 'disk gone'
+    schedules.record_result(session, 's', states.DONE, None, 'b1')
+    session.refresh(row)
+    assert (row.last_status, row.last_backup_id) == ('available', 'b1')
+    row.enabled = False
+    assert schedules.next_run(row) is None
+    session.close()
+
+
+def _made(session, volume, incremental=False, schedule=None):
+    with open(volume, 'r+b') as f:
+        f.write(os.urandom(4096))
+    record = operations.create_backup(session, volume,
+                                      incremental=incremental)
+    if schedule:
+        record.schedule_name = schedule
+        session.commit()
+    return record
+
+
+def test_schedule_retention_never_removes_manual_backups(tmp_path, session):
+    # The bug: retain_full = 1 deleted every older backup of the volume,
+    # the user's own among them.
+    volume = _volume(tmp_path)
+    m1 = _made(session, volume)
+    m2 = _made(session, volume, incremental=True)
+    s1 = _made(session, volume, schedule='nightly')
+    s2 = _made(session, volume, incremental=True, schedule='nightly')
+    m3 = _made(session, volume, incremental=True)
+    s3 = _made(session, volume, schedule='nightly')
+    s4 = _made(session, volume, schedule='nightly')
+    removed = retention.apply_retention(session, m1.volume_id, 1,
+                                        schedule_name='nightly')
+    assert set(removed) == {s1.id, s2.id, s3.id}
+    left = {b.id for b in api.list_backups(session)}
+    assert left == {m1.id, m2.id, m3.id, s4.id}
+    # m3 was an incremental of s2: s2 and s1 were folded into it.
+    for record in (m1, m2, m3, s4):
+        operations.verify_backup(session, record.id)
+    # A policy, scoped the same way; pinned backups stay.
+    s5 = _made(session, volume, schedule='nightly')
+    session.refresh(s4)
+    s4.pinned = True
+    session.commit()
+    removed = retention.apply_retention(
+        session, m1.volume_id, 1, schedule_name='nightly',
+        keep_policy={'keep_last': 1})
+    assert removed == []
+    assert {b.id for b in api.list_backups(session)} == left | {s5.id}
+    s4.pinned = False
+    session.commit()
+    assert retention.apply_retention(
+        session, m1.volume_id, 1, schedule_name='nightly',
+        keep_policy={'keep_last': 1}) == [s4.id]
+    # scope 'volume' considers every backup (manual ones too).
+    removed = retention.apply_retention(
+        session, m1.volume_id, 1, schedule_name='nightly',
+        keep_policy={'keep_last': 2}, scope='volume')
+    assert set(removed) == {m1.id, m2.id}
+    assert {b.id for b in api.list_backups(session)} == {m3.id, s5.id}
+    for backup_id in (m3.id, s5.id):
+        operations.verify_backup(session, backup_id)

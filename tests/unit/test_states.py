@@ -302,3 +302,108 @@ def test_a_restore_and_a_delete_exclude_each_other(catalog, session):
             'operation)' % record.id)
     finally:
         other.close()
+
+
+def test_refresh_reads_what_others_wrote_without_expiring_the_record(
+        catalog, session):
+    """Engine threads read the record while the main thread refreshes it:
+    no attribute may be unloaded then, or a thread's read would query the
+    session concurrently (SQLAlchemy refuses).
+    """
+    record = _begin(session)
+    record.refresh()  # every column loaded once
+    columns = {c.key for c in sa.inspect(models.Backup).column_attrs}
+    other = catalog.session()
+    try:
+        theirs = other.get(models.Backup, record.id)
+        theirs.status = states.DELETING
+        theirs.fail_reason = 'cancelled elsewhere'
+        other.commit()
+    finally:
+        other.close()
+    unloaded_during_queries = []
+
+    def watch(*args):
+        unloaded_during_queries.append(
+            columns & set(sa.inspect(record).unloaded))
+
+    sa.event.listen(catalog.engine, 'before_cursor_execute', watch)
+    try:
+        record.refresh()
+    finally:
+        sa.event.remove(catalog.engine, 'before_cursor_execute', watch)
+    assert unloaded_during_queries
+    assert all(not u for u in unloaded_during_queries), \
+        unloaded_during_queries
+    assert (record.status, record.fail_reason) == (
+        states.DELETING, 'cancelled elsewhere')
+
+
+def test_a_job_whose_backup_still_holds_its_lease_is_not_requeued(
+        catalog, session):
+    """Only the job's heartbeat lapsed: the worker still renews the backup's
+    lease, and the backup may become available. Re-queued now, the job
+    would back the volume up twice; it waits for the backup instead.
+    """
+    import datetime
+
+    from chunkbackup.catalog import workers
+
+    now = models.utcnow()
+    owner = '%s:%d' % (socket.gethostname(), os.getpid())  # alive
+    record = _begin(session)
+    record.lease_expires_at = now + datetime.timedelta(seconds=60)
+    record.owner = owner
+    job = models.Job(kind='backup', params={}, status=states.RUNNING,
+                     owner=owner, attempts=1, backup_id=record.id,
+                     lease_expires_at=now - datetime.timedelta(seconds=5))
+    session.add(job)
+    session.commit()
+    workers.take_over_expired(session, lambda r: 0, job_attempts=3)
+    session.expire_all()
+    assert session.get(models.Job, job.id).status == states.RUNNING
+    # Once the backup's lease lapses too, the job is re-queued and the
+    # backup can no longer finish.
+    record = session.get(models.Backup, record.id)
+    record.lease_expires_at = now - datetime.timedelta(seconds=1)
+    session.commit()
+    workers.take_over_expired(session, lambda r: 0, job_attempts=3)
+    session.expire_all()
+    assert session.get(models.Job, job.id).status == states.QUEUED
+    assert session.get(models.Backup, record.id).status == states.ERROR
+
+
+def test_a_run_that_lost_its_lease_keeps_a_newer_runs_volume_lock(
+        catalog, session):
+    """A worker paused past its lease gets its job back (re-queued, then
+    claimed again by the same worker) while the old run is still ending.
+    The old run's end must not release the new run's lock on the volume
+    (it did: the new run then stopped, and its job stayed running
+    forever, renewed by a live worker that no longer ran it).
+    """
+    import datetime
+
+    from chunkbackup.catalog import leases
+    from chunkbackup.catalog import workers
+
+    owner = '%s:%d' % (socket.gethostname(), os.getpid())
+    leases.enable(30)
+    try:
+        assert workers.lock_volume(session, 'vol-1', owner)
+    finally:
+        leases.disable()
+    # The old run ends after losing its lease: the fresh lock stays.
+    workers.unlock_volume(session, 'vol-1', owner, lapsed_only=True)
+    assert session.get(models.VolumeLock, 'vol-1') is not None
+    # A lock that lapsed with the old run is the old run's: it goes.
+    lock = session.get(models.VolumeLock, 'vol-1')
+    lock.lease_expires_at = models.utcnow() - datetime.timedelta(seconds=1)
+    session.commit()
+    workers.unlock_volume(session, 'vol-1', owner, lapsed_only=True)
+    session.expire_all()
+    assert session.get(models.VolumeLock, 'vol-1') is None
+    # A run that ended normally releases its lock, lapsed or not.
+    assert workers.lock_volume(session, 'vol-1', owner)
+    workers.unlock_volume(session, 'vol-1', owner)
+    session.expire_all()
+    assert session.get(models.VolumeLock, 'vol-1') is None

@@ -292,7 +292,10 @@ def test_incremental_data_to_hole_with_a_map(driver, ops, tmp_path):
     assert stats.changed_map == 'used'
     assert stats.hole_bytes == 3 * BS
     assert stats.known_bytes == size - 3 * BS
-    assert stats.bytes_read == stats.blocks_sampled * BS
+    # Only the map check's sample is read; the sample may hold the short
+    # last block (777 bytes).
+    assert stats.bytes_read in (stats.blocks_sampled * BS,
+                                (stats.blocks_sampled - 1) * BS + 777)
     assert _objects(driver, inc) == [(2 * OBJECT, 3 * BS)]
     _check_restores(driver, ops, tmp_path, inc, volume)
 

@@ -292,7 +292,8 @@ def test_proxy_and_pool(configured, overrides):
     assert session.proxies == {'http': 'http://proxy.test:3128',
                                'https': 'http://proxy.test:3128'}
     adapter = session.get_adapter('https://storage.googleapis.com/x')
-    assert adapter._pool_maxsize == 16
+    # A connection for each object in flight, up or down.
+    assert adapter._pool_maxsize == storage.connections_needed() >= 16
     assert adapter.max_retries.total == 0
 
 
@@ -380,13 +381,44 @@ def test_large_upload_is_resumable_in_chunks_with_the_md5(configured, serve):
         return Reply(200, object_resource('bkt', 'big', bytes(received)))
 
     driver, service = serve(handler)
-    driver.store.put('bkt', 'big', body)
+    # A whole body (Cinder's writer): its MD5 goes with the first request.
+    with driver.get_object_writer('bkt', 'big') as writer:
+        writer.write(body)
     initiate = service.sent[0]
     assert initiate.json()['md5Hash'] == checksums.md5_base64(body)
     chunks = service.sent[1:]
     assert len(chunks) == -(-len(body) // MiB)
     assert all(len(c.body) == MiB for c in chunks[:-1])
     assert bytes(received) == body
+
+
+@pytest.mark.parametrize('size', [9 * MiB + 77, 9 * MiB])
+def test_large_stream_is_resumable_in_chunks_md5_checked(configured, serve,
+                                                         size):
+    configured('upload_chunk_size', 1 * MiB)
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    session_url = ENDPOINT + '/upload/storage/v1/b/bkt/o?uploadType=' \
+                             'resumable&upload_id=u1'
+    received = bytearray()
+    ranges = []
+
+    def handler(sent):
+        if sent.method == 'POST':
+            assert 'md5Hash' not in (sent.json() or {})  # not known yet
+            return Reply(200, b'', {'Location': session_url})
+        ranges.append(sent.headers['content-range'])
+        received.extend(sent.body)
+        if ranges[-1].endswith('/*'):
+            return Reply(308, b'', {'Range': 'bytes=0-%d'
+                                    % (len(received) - 1)})
+        return Reply(200, object_resource('bkt', 'big', bytes(received)))
+
+    driver, service = serve(handler)
+    pieces = [body[i:i + 700001] for i in range(0, len(body), 700001)]
+    driver.store.put_stream('bkt', 'big', lambda: iter(pieces))
+    assert bytes(received) == body
+    assert ranges[0] == 'bytes 0-%d/*' % (MiB - 1)
+    assert ranges[-1].endswith('/%d' % size)
 
 
 def test_writer_that_fails_sends_nothing(configured, serve):
@@ -617,3 +649,22 @@ def test_creating_a_bucket_needs_a_project(configured, overrides, serve):
         driver.put_container('bkt')
     assert '[backup_google] project_id' in str(err.value)
     assert len(service.sent) == 1
+
+
+def test_a_piece_kept_in_part_sends_the_stream_again(configured, serve):
+    configured('upload_chunk_size', 1 * MiB)
+    body = bytes(9 * MiB + 5)
+    session_url = ENDPOINT + '/upload/storage/v1/b/bkt/o?uploadType=' \
+                             'resumable&upload_id=u1'
+
+    def handler(sent):
+        if sent.method == 'POST':
+            return Reply(200, b'', {'Location': session_url})
+        # The service kept only part of the first piece.
+        return Reply(308, b'', {'Range': 'bytes=0-%d' % 1000})
+
+    driver, service = serve(handler)
+    with pytest.raises(exception.TransientStorageError) as info:
+        storage.DriverStore(driver).put_stream('bkt', 'big',
+                                               lambda: [body])
+    assert 'sent again' in str(info.value)

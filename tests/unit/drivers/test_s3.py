@@ -12,6 +12,7 @@ import filecmp
 import hashlib
 import io
 import logging
+import os
 import re
 import urllib.parse
 import uuid
@@ -485,8 +486,63 @@ def test_many_parts_grow_the_part_size(make, monkeypatch):
     driver, fake = make(multipart_threshold=5 * MiB,
                         multipart_chunksize=5 * MiB)
     fake.buckets['b'] = {}
-    put(driver, 'b', 'k', bytes(12 * MiB))
+    # A whole body (Cinder's writer) knows its size: the parts grow.
+    with driver.get_object_writer('b', 'k') as writer:
+        writer.write(bytes(12 * MiB))
     assert [len(p.body) for p in fake.ops('UploadPart')] == [6 * MiB] * 2
+    # A stream does not: too many parts is a clear error, and aborted.
+    with pytest.raises(exception.StorageError) as info:
+        put(driver, 'b', 'k2', bytes(12 * MiB))
+    assert 'multipart_chunksize' in str(info.value)
+    assert len(fake.ops('AbortMultipartUpload')) == 1
+
+
+def _uneven(body):
+    sizes = [1, 4095, 3 * MiB + 7, 2 * MiB - 1, 1000]
+    pos, n = 0, 0
+    while pos < len(body):
+        step = sizes[n % len(sizes)]
+        yield body[pos:pos + step]
+        pos += step
+        n += 1
+
+
+def test_a_stream_goes_up_in_parts_of_multipart_chunksize(make):
+    driver, fake = make(multipart_chunksize=5 * MiB)
+    fake.buckets['b'] = {}
+    body = os.urandom(12 * MiB + 5)
+    storage.DriverStore(driver).put_stream('b', 'k',
+                                           lambda: _uneven(body))
+    parts = fake.ops('UploadPart')
+    assert [len(p.body) for p in parts] == [5 * MiB, 5 * MiB, 2 * MiB + 5]
+    assert all(p.headers.get('content-md5') == md5_b64(p.body)
+               for p in parts)
+    assert get(driver, 'b', 'k') == body
+
+
+def test_a_stream_of_one_part_is_one_put(make):
+    driver, fake = make(multipart_chunksize=5 * MiB)
+    fake.buckets['b'] = {}
+    body = os.urandom(5 * MiB)
+    storage.DriverStore(driver).put_stream('b', 'k',
+                                           lambda: _uneven(body))
+    assert fake.ops('UploadPart') == [] and len(fake.ops('PutObject')) == 1
+    assert get(driver, 'b', 'k') == body
+
+
+def test_a_failing_producer_aborts_the_upload(make):
+    driver, fake = make(multipart_chunksize=5 * MiB)
+    fake.buckets['b'] = {}
+
+    def produce():
+        yield bytes(6 * MiB)
+        yield bytes(5 * MiB)
+        raise RuntimeError('the volume went away')
+
+    with pytest.raises(RuntimeError):
+        storage.DriverStore(driver).put_stream('b', 'k', produce)
+    assert len(fake.ops('AbortMultipartUpload')) == 1
+    assert fake.uploads == {} and fake.buckets['b'] == {}
 
 
 @pytest.mark.parametrize('failing', ['UploadPart', 'CompleteMultipartUpload'])

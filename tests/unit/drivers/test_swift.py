@@ -54,8 +54,11 @@ def v1(overrides):
 @pytest.fixture
 def connection_cls():
     """swiftclient.client.Connection; every call makes a new mock."""
-    with mock.patch.object(swift.swift_client, 'Connection') as cls:
+    with mock.patch.object(swift.swift_client, 'Connection') as cls, \
+            mock.patch.object(swift.swift_client, 'get_auth') as get_auth:
         cls.side_effect = lambda *a, **kw: mock.MagicMock(name='conn')
+        get_auth.return_value = ('http://swift:8080/v1/AUTH_acct', 'tk-1')
+        cls.get_auth = get_auth
         yield cls
 
 
@@ -90,11 +93,52 @@ def test_v1_connection(v1, connection_cls):
     v1('timeout', 12.5)
     driver = swift.SwiftBackupDriver(context=None)
     conn = driver._connection()
+    # The driver logs in; its connections only use the token.
+    connection_cls.get_auth.assert_called_once_with(
+        'http://swift:8080/auth/v1.0', 'acct:user', 'secret',
+        auth_version='1', cacert='/etc/ca.pem', insecure=False,
+        timeout=12.5)
     connection_cls.assert_called_once_with(
-        authurl='http://swift:8080/auth/v1.0', user='acct:user',
-        key='secret', auth_version='1', retries=0, starting_backoff=0,
-        cacert='/etc/ca.pem', insecure=False, timeout=12.5)
+        preauthurl='http://swift:8080/v1/AUTH_acct', preauthtoken='tk-1',
+        retries=0, starting_backoff=0, cacert='/etc/ca.pem', insecure=False,
+        timeout=12.5)
     assert driver._connection() is conn  # reused in the same thread
+
+
+def test_v1_one_login_for_every_thread(driver, connection_cls):
+    def work():
+        driver.store.ensure_container('c')
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert connection_cls.call_count == 8  # one connection per thread
+    assert connection_cls.get_auth.call_count == 1 and driver.logins == 1
+
+
+def test_v1_token_renewed_once_after_a_401(driver, connection_cls):
+    conn = driver._connection()
+    connection_cls.get_auth.return_value = ('http://swift:8080/v1/AUTH_acct',
+                                            'tk-2')
+    tokens = []
+
+    def head_container(container, **kwargs):
+        tokens.append(conn.token)
+        if conn.token == 'tk-1':
+            raise client_error(401)
+        return {}
+
+    conn.head_container.side_effect = head_container
+    driver.put_container('c')
+    assert tokens == ['tk-1', 'tk-2'] and driver.logins == 2
+    # A streamed put cannot be replayed by the driver: the seam resends.
+    conn.token = None
+    driver._token = ('http://swift:8080/v1/AUTH_acct', 'tk-1')
+    conn.put_object.side_effect = client_error(401)
+    with pytest.raises(exception.TransientStorageError) as info:
+        driver.put_object_stream('c', 'o', iter([b'x'] * 9000000))
+    assert 'logged in again' in str(info.value)
 
 
 def test_v3_through_one_keystone_session(overrides, connection_cls):
@@ -293,10 +337,42 @@ def test_failed_writer_puts_nothing(driver):
 
 def test_reader_returns_body(driver):
     conn = driver._connection()
-    conn.get_object.return_value = ({'etag': 'x'}, b'the body')
+    conn.get_object.return_value = ({'etag': 'x', 'content-length': '8'},
+                                    iter([b'the ', b'body']))
     with driver.get_object_reader('c', 'o') as reader:
-        assert reader.read() == b'the body'
-    conn.get_object.assert_called_once_with('c', 'o')
+        assert reader.read(3) == b'the'
+        assert reader.read() == b' body'
+    conn.get_object.assert_called_once_with(
+        'c', 'o', resp_chunk_size=swift.READ_PIECE)
+
+
+def test_a_short_streamed_read_is_transient(driver):
+    conn = driver._connection()
+    conn.get_object.return_value = ({'content-length': '10'},
+                                    iter([b'the ', b'body']))
+    with pytest.raises(exception.TransientStorageError):
+        b''.join(storage.DriverStore(driver).get_stream('c', 'o'))
+
+
+def test_a_large_stream_is_sent_chunked_and_its_etag_checked(driver):
+    conn = driver._connection()
+    chunks = [b'a' * 5000000, b'b' * 5000000]
+    sent = []
+
+    def put_object(container, name, contents, **kwargs):
+        sent.extend(contents)
+        assert 'content_length' not in kwargs and 'etag' not in kwargs
+        return hashlib.md5(b''.join(sent)).hexdigest()
+
+    conn.put_object.side_effect = put_object
+    storage.DriverStore(driver).put_stream('c', 'o', lambda: iter(chunks))
+    assert sent == chunks
+    conn.put_object.side_effect = lambda *a, **kw: (list(a[2]), 'bad')[1]
+    with pytest.raises(exception.TransientStorageError) as info:
+        storage.DriverStore(driver).put_stream('c', 'o',
+                                               lambda: iter(chunks))
+    assert 'deleted' in str(info.value)
+    conn.delete_object.assert_called_once_with('c', 'o')
 
 
 def test_listing_follows_pages(driver):
@@ -403,7 +479,8 @@ def test_transient_classification_of_raw_exceptions(driver):
 
 
 @pytest.mark.parametrize('error,attempts', [
-    (client_error(503), 3), (client_error(401), 1), (client_error(400), 1)])
+    # A 401: the token is renewed and the request tried once more.
+    (client_error(503), 3), (client_error(401), 2), (client_error(400), 1)])
 def test_only_transient_errors_are_retried(driver, overrides, error,
                                            attempts):
     overrides('storage_retries', 2, 'chunkbackup')
