@@ -278,6 +278,29 @@ def still_held(session: orm.Session, owner: str, backup_id: str,
     return held
 
 
+def give_up_job(session: orm.Session, job_id: int, owner: str,
+                attempts: int) -> bool:
+    """Let the lease of a job go whose run stopped on LeaseLost.
+
+    The heartbeat renews every unexpired lease of a live worker, so a job
+    whose run ended while its row still named this run would stay
+    ``running`` for ever. Expired now, the next takeover treats it as any
+    lapsed job (re-queued up to ``job_attempts``). A job that was
+    re-queued or claimed again since is not this run's: it is left alone.
+    """
+    changed = session.execute(
+        sa.update(models.Job)
+        .where(models.Job.id == job_id,
+               models.Job.status == states.RUNNING,
+               models.Job.owner == owner,
+               models.Job.attempts == attempts,
+               models.Job.lease_expires_at.isnot(None))
+        .values(lease_expires_at=models.utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+    session.commit()
+    return changed == 1
+
+
 def queue_depth(session: orm.Session) -> int:
     depth = session.scalar(sa.select(sa.func.count())
                            .select_from(models.Job)
@@ -311,6 +334,9 @@ def take_over_expired(session: orm.Session,
     """Clean up the work of workers whose leases expired (see module)."""
     result = Takeover()
     now = models.utcnow()
+    # Leases are renewed by UPDATEs: read the stored values, not a copy
+    # this session may hold (lapsed() is judged from them).
+    fresh = {'populate_existing': True}
 
     def lapsed(row) -> bool:
         # A worker of this host that is gone needs no wait for its lease.
@@ -319,7 +345,8 @@ def take_over_expired(session: orm.Session,
     expired_backups = [r for r in session.scalars(
         sa.select(models.Backup)
         .where(models.Backup.owner.isnot(None),
-               models.Backup.lease_expires_at.isnot(None))) if lapsed(r)]
+               models.Backup.lease_expires_at.isnot(None))
+        .execution_options(**fresh)) if lapsed(r)]
     session.commit()
     for record in expired_backups:
         if record.lease_expires_at < now:
@@ -340,13 +367,15 @@ def take_over_expired(session: orm.Session,
     expired_jobs = [j for j in session.scalars(
         sa.select(models.Job)
         .where(models.Job.status == states.RUNNING,
-               models.Job.lease_expires_at.isnot(None))) if lapsed(j)]
+               models.Job.lease_expires_at.isnot(None))
+        .execution_options(**fresh)) if lapsed(j)]
     session.commit()
     for job in expired_jobs:
         _take_over_job(session, job, job_attempts, result, now)
     locks = [lock for lock in session.scalars(
         sa.select(models.VolumeLock)
-        .where(models.VolumeLock.lease_expires_at.isnot(None)))
+        .where(models.VolumeLock.lease_expires_at.isnot(None))
+        .execution_options(**fresh))
         if lapsed(lock)]
     session.commit()
     for lock in locks:

@@ -465,6 +465,11 @@ class BackupService(ServiceBase):
             if op.volume_lock:
                 workers.unlock_volume(session, op.volume_lock, self._owner,
                                       lapsed_only=status == 'lease_lost')
+            if status == 'lease_lost' and op.job_id is not None and \
+                    workers.give_up_job(session, op.job_id, self._owner,
+                                        op.attempts):
+                LOG.warning('%s: its job is handed to the next takeover.',
+                            op.label)
             if op.abandoned or status == 'lease_lost':
                 # The shutdown has recorded how this ended, or the worker
                 # that took the lease over does; keep it.

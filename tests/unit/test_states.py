@@ -407,3 +407,38 @@ def test_a_run_that_lost_its_lease_keeps_a_newer_runs_volume_lock(
     workers.unlock_volume(session, 'vol-1', owner)
     session.expire_all()
     assert session.get(models.VolumeLock, 'vol-1') is None
+
+
+def test_a_run_that_lost_its_lease_hands_back_a_job_still_its_own(
+        catalog, session):
+    """The heartbeat renews every unexpired lease of a live worker: a job
+    whose run stopped on LeaseLost, still naming that run, would stay
+    ``running`` for ever. Given up, it is re-queued by the next takeover;
+    a job claimed again since (a newer run) is left alone.
+    """
+    import datetime
+
+    from chunkbackup.catalog import leases
+    from chunkbackup.catalog import workers
+
+    owner = '%s:%d' % (socket.gethostname(), os.getpid())  # alive
+    live = models.utcnow() + datetime.timedelta(seconds=60)
+    old_run = models.Job(kind='backup', params={}, status=states.RUNNING,
+                         owner=owner, attempts=1, lease_expires_at=live)
+    newer_run = models.Job(kind='backup', params={}, status=states.RUNNING,
+                           owner=owner, attempts=2, lease_expires_at=live)
+    session.add_all([old_run, newer_run])
+    session.commit()
+    assert workers.give_up_job(session, old_run.id, owner, attempts=1)
+    assert not workers.give_up_job(session, newer_run.id, owner, attempts=1)
+    leases.enable(30)
+    try:
+        workers.heartbeat(session, owner, running=1)
+    finally:
+        leases.disable()
+    workers.take_over_expired(session, lambda r: 0, job_attempts=3)
+    session.expire_all()
+    assert session.get(models.Job, old_run.id).status == states.QUEUED
+    newer = session.get(models.Job, newer_run.id)
+    assert newer.status == states.RUNNING
+    assert newer.lease_expires_at > models.utcnow()  # renewed, not lapsed
