@@ -4,6 +4,7 @@ SQLite in the user's data directory is the default; any SQLAlchemy URL
 (PostgreSQL, MySQL/MariaDB) works through ``[database] connection``.
 """
 import datetime
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -12,6 +13,7 @@ from oslo_log import log as logging
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from chunkbackup.catalog import leases
 from chunkbackup.catalog import migrations
 from chunkbackup.catalog import models
 from chunkbackup.catalog import refs
@@ -173,6 +175,29 @@ def _prepare_sqlite_file(url: sa.engine.URL) -> None:
         os.close(fd)
 
 
+def _end_idle_writes_past_the_lease(dbapi_connection, record) -> None:
+    """MariaDB: the server ends a write transaction idle past the lease.
+
+    A worker paused between a statement and its commit (SIGSTOP, a frozen
+    VM) keeps the rows it wrote locked, and the worker taking its work
+    over would wait on them for as long as it stays paused. Idle past the
+    lease, that worker has lost its work anyway: the server closes its
+    connection, the locks go, and the paused worker finds out when it
+    resumes. Only leased processes (the service) set it; MySQL has no
+    such variable, and PostgreSQL's kills idle readers too.
+    """
+    seconds = leases.lease_seconds()
+    if seconds is None or 'mariadb' not in str(
+            dbapi_connection.get_server_info()).lower():
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute('SET SESSION idle_write_transaction_timeout = %d'
+                       % max(1, math.ceil(seconds)))
+    finally:
+        cursor.close()
+
+
 class Catalog:
     """A migrated catalog database and a session factory."""
 
@@ -186,6 +211,9 @@ class Catalog:
             kwargs['connect_args'] = {'timeout': 30}
         try:
             self.engine = sa.create_engine(parsed, **kwargs)
+            if parsed.get_backend_name() in ('mysql', 'mariadb'):
+                sa.event.listen(self.engine, 'connect',
+                                _end_idle_writes_past_the_lease)
             self._migrate()
         except sa.exc.SQLAlchemyError as e:
             raise explain(e, self.url)

@@ -360,3 +360,54 @@ def test_three_workers_fail_over_with_nothing_lost(tmp_path, moto_server,
              sum(takeovers.values()), takeovers['backup'],
              takeovers['job'], len(keys),
              ', '.join('%s %.0f' % kv for kv in timings.items())))
+
+
+@pytest.mark.parametrize('database', ['mariadb'], indirect=True)
+def test_a_writer_paused_before_its_commit_does_not_hold_the_takeover(
+        database):
+    """A worker stopped between an UPDATE and its COMMIT keeps the row
+    locked; on MariaDB the server ends that transaction once it has been
+    idle for the lease, so the worker taking the work over is not held
+    (it was: three workers' takeover waited for as long as one stayed
+    paused). A process without a lease (the CLI) is not cut off.
+    """
+    from chunkbackup.catalog import api
+    from chunkbackup.catalog import leases
+    from chunkbackup.catalog import models
+    from chunkbackup.catalog import states
+
+    url = database.url.render_as_string(hide_password=False)
+    timeout = 'SELECT @@session.idle_write_transaction_timeout'
+    cli_catalog = api.Catalog(url)
+    with cli_catalog.engine.connect() as conn:
+        assert conn.scalar(sa.text(timeout)) == 0
+    cli_catalog.dispose()
+
+    leases.enable(2)
+    catalog = api.Catalog(url)
+    paused, taker = catalog.session(), catalog.session()
+    try:
+        record = states.begin_backup(paused, volume_id='vol', driver='s3',
+                                     container='c')
+        assert paused.scalar(sa.text(timeout)) == 2
+        paused.execute(sa.update(models.Backup)
+                       .where(models.Backup.id == record.id)
+                       .values(lease_expires_at=leases.expiry()))
+        # ... and the worker stops here, its row locked.
+        taker.execute(sa.text('SET SESSION innodb_lock_wait_timeout = 20'))
+        taken = taker.execute(
+            sa.update(models.Backup)
+            .where(models.Backup.id == record.id,
+                   models.Backup.status == states.CREATING)
+            .values(status=states.ERROR)).rowcount
+        taker.commit()
+        assert taken == 1
+        with pytest.raises(sa.exc.OperationalError):
+            paused.commit()  # it resumes: its transaction was ended
+        paused.rollback()
+        assert paused.get(models.Backup, record.id).status == states.ERROR
+    finally:
+        paused.close()
+        taker.close()
+        catalog.dispose()
+        leases.disable()
