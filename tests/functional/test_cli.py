@@ -3,19 +3,14 @@ catalog on SQLite, PostgreSQL and MariaDB."""
 import contextlib
 import json
 import os
-import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from chunkbackup.testing import volumes
 from tests.functional.clitool import Cli
+from tests.functional import databases
 
 MiB = 2 ** 20
-DATABASES = {
-    'postgresql': 'postgresql+psycopg2://postgres@127.0.0.1:5432/test',
-    'mariadb': 'mysql+pymysql://root@127.0.0.1:3306/test',
-}
 
 
 def _same(a, b):
@@ -31,28 +26,15 @@ def _copy(src, dst):
 
 @contextlib.contextmanager
 def catalog_cli(kind, tmp_path):
-    """A Cli on a fresh catalog: 'sqlite' or a DATABASES key."""
+    """A Cli on a fresh catalog: a databases.CATALOG_KINDS key."""
     if kind == 'sqlite':
         yield Cli(tmp_path)
         return
-    admin = sa.create_engine(DATABASES[kind], isolation_level='AUTOCOMMIT')
-    name = 'cbtest_%s' % uuid.uuid4().hex[:12]
-    with admin.connect() as conn:
-        conn.execute(sa.text('CREATE DATABASE %s' % name))
-    url = DATABASES[kind].rsplit('/', 1)[0] + '/' + name
-    try:
+    with databases.scratch_database(kind) as url:
         yield Cli(tmp_path, url)
-    finally:
-        with admin.connect() as conn:
-            if kind == 'postgresql':
-                conn.execute(sa.text(
-                    'SELECT pg_terminate_backend(pid) FROM '
-                    'pg_stat_activity WHERE datname = :n'), {'n': name})
-            conn.execute(sa.text('DROP DATABASE %s' % name))
-        admin.dispose()
 
 
-@pytest.fixture(params=['sqlite'] + sorted(DATABASES))
+@pytest.fixture(params=databases.CATALOG_KINDS)
 def cli(request, tmp_path):
     """The CLI against a fresh catalog on each database engine."""
     with catalog_cli(request.param, tmp_path) as made:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from chunkbackup.catalog import api
 from chunkbackup.testing import volumes
 from tests.functional.clitool import Cli
+from tests.functional import databases
 from tests.functional import test_cli
 
 MiB = 2 ** 20
@@ -30,7 +31,7 @@ BIN = os.path.dirname(sys.executable)
 SERVICE = os.path.join(BIN, 'chunkbackup-backup')
 
 
-@pytest.fixture(params=['sqlite'] + sorted(test_cli.DATABASES))
+@pytest.fixture(params=databases.CATALOG_KINDS)
 def db_cli(request, tmp_path):
     """The CLI on a fresh catalog of each database engine."""
     with test_cli.catalog_cli(request.param, tmp_path) as made:

@@ -3,7 +3,6 @@ MariaDB): migration 0006 (with the backfill of which schedule made a
 backup), and folds refused, with one line, while the chain is read.
 """
 import os
-import uuid
 
 from alembic import command as alembic_command
 from alembic import config as alembic_config
@@ -16,38 +15,20 @@ from chunkbackup.catalog import states
 from chunkbackup import folding
 from chunkbackup import operations
 from chunkbackup.testing import volumes
-from tests.functional.test_cli import DATABASES
+from tests.functional import databases
 from tests.functional.test_status_race import catalog  # noqa: F401
 from tests.functional.test_status_race import posix_store  # noqa: F401
 
 MiB = 2 ** 20
 
 
-def _url(request, tmp_path):
-    if request.param == 'sqlite':
-        return 'sqlite:///%s' % (tmp_path / 'old.sqlite'), None
-    name = 'cbmig_%s' % uuid.uuid4().hex[:12]
-    admin = sa.create_engine(DATABASES[request.param],
-                             isolation_level='AUTOCOMMIT')
-    with admin.connect() as conn:
-        conn.execute(sa.text('CREATE DATABASE %s' % name))
-    return DATABASES[request.param].rsplit('/', 1)[0] + '/' + name, \
-        (admin, name)
-
-
-@pytest.fixture(params=['sqlite'] + sorted(DATABASES))
+@pytest.fixture(params=databases.CATALOG_KINDS)
 def old_catalog_url(request, tmp_path):
-    url, admin = _url(request, tmp_path)
-    yield url
-    if admin:
-        engine, name = admin
-        with engine.connect() as conn:
-            if request.param == 'postgresql':
-                conn.execute(sa.text(
-                    'SELECT pg_terminate_backend(pid) FROM '
-                    'pg_stat_activity WHERE datname = :n'), {'n': name})
-            conn.execute(sa.text('DROP DATABASE %s' % name))
-        engine.dispose()
+    if request.param == 'sqlite':
+        yield 'sqlite:///%s' % (tmp_path / 'old.sqlite')
+        return
+    with databases.scratch_database(request.param, 'cbmig') as url:
+        yield url
 
 
 def test_migration_0006_backfills_schedule_names(old_catalog_url):

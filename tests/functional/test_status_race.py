@@ -9,11 +9,9 @@ owner ``host:pid``: the owner alone cannot tell them apart.
 import hashlib
 import os
 import threading
-import uuid
 
 from oslo_config import cfg
 import pytest
-import sqlalchemy as sa
 
 from chunkbackup.catalog import api
 from chunkbackup.catalog import models
@@ -22,7 +20,7 @@ from chunkbackup.drivers import posix  # noqa: F401 (registers its options)
 from chunkbackup import operations
 from chunkbackup import opts  # noqa: F401 (registers [chunkbackup])
 from chunkbackup.testing import volumes
-from tests.functional.test_cli import DATABASES
+from tests.functional import databases
 
 CONF = cfg.CONF
 MiB = 2 ** 20
@@ -30,7 +28,7 @@ ROUNDS = 12       # at least; more until each side has won once
 MAX_ROUNDS = 48
 
 
-@pytest.fixture(params=['sqlite'] + sorted(DATABASES))
+@pytest.fixture(params=databases.CATALOG_KINDS)
 def catalog(request, tmp_path):
     """A fresh catalog on each database engine."""
     if request.param == 'sqlite':
@@ -38,24 +36,12 @@ def catalog(request, tmp_path):
         yield cat
         cat.dispose()
         return
-    admin = sa.create_engine(DATABASES[request.param],
-                             isolation_level='AUTOCOMMIT')
-    name = 'cbrace_%s' % uuid.uuid4().hex[:12]
-    with admin.connect() as conn:
-        conn.execute(sa.text('CREATE DATABASE %s' % name))
-    cat = api.Catalog(DATABASES[request.param].rsplit('/', 1)[0] + '/' +
-                      name)
-    try:
-        yield cat
-    finally:
-        cat.dispose()
-        with admin.connect() as conn:
-            if request.param == 'postgresql':
-                conn.execute(sa.text(
-                    'SELECT pg_terminate_backend(pid) FROM '
-                    'pg_stat_activity WHERE datname = :n'), {'n': name})
-            conn.execute(sa.text('DROP DATABASE %s' % name))
-        admin.dispose()
+    with databases.scratch_database(request.param, 'cbrace') as url:
+        cat = api.Catalog(url)
+        try:
+            yield cat
+        finally:
+            cat.dispose()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from chunkbackup.testing import slow
 from chunkbackup.testing import volumes
+from tests.functional import databases
 from tests.functional.test_service import cli
 from tests.functional.test_service import Service
 
@@ -39,10 +40,6 @@ OBJECT_SIZE = 64 * 1024
 LEASE = 3.0
 PUT_DELAY = 0.08
 JOB_ATTEMPTS = 3
-DATABASES = {
-    'postgresql': 'postgresql+psycopg2://postgres@127.0.0.1:5432/test',
-    'mariadb': 'mysql+pymysql://root@127.0.0.1:3306/test',
-}
 SLOW_S3 = 'chunkbackup.testing.slow.SlowS3BackupDriver'
 DEADLINE = 240
 # Restores every backup named on the command line in one process (one
@@ -66,27 +63,15 @@ print(json.dumps(digests))
 '''
 
 
-@pytest.fixture(params=sorted(DATABASES))
+@pytest.fixture(params=sorted(databases.DATABASES))
 def database(request):
     """A fresh database on the server, dropped afterwards."""
-    admin = sa.create_engine(DATABASES[request.param],
-                             isolation_level='AUTOCOMMIT')
-    name = 'cbworkers_%s' % uuid.uuid4().hex[:12]
-    with admin.connect() as conn:
-        conn.execute(sa.text('CREATE DATABASE %s' % name))
-    url = DATABASES[request.param].rsplit('/', 1)[0] + '/' + name
-    engine = sa.create_engine(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            if request.param == 'postgresql':
-                conn.execute(sa.text(
-                    'SELECT pg_terminate_backend(pid) FROM '
-                    'pg_stat_activity WHERE datname = :n'), {'n': name})
-            conn.execute(sa.text('DROP DATABASE %s' % name))
-        admin.dispose()
+    with databases.scratch_database(request.param, 'cbworkers') as url:
+        engine = sa.create_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def _free_port():
